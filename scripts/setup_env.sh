@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment and install the pinned stack.
+#
+# mmcv 2.1.0 ships as source only and takes 20-40 minutes to compile its ops on 2 cores,
+# so its wheel is built once and cached outside the clone, keyed by every version that
+# affects the binary. Later set-ups on the same machine install it in seconds.
+#
+# Environment knobs: PYTHON (interpreter used to create the venv), DINAT_VENV (venv path,
+# default .venv in the repository), DINAT_WHEEL_CACHE (wheel cache directory).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+PYTHON=${PYTHON:-python3}
+VENV=${DINAT_VENV:-$root/.venv}
+# Versions that need special install handling; everything else is pinned in setup.cfg.
+TORCH_VERSION=2.13.0
+MMCV_VERSION=2.1.0
+NATTEN_VERSION=0.21.7
+BUILD_SETUPTOOLS='setuptools>=65,<70'  # mmcv's setup.py needs pkg_resources; mmengine too
+
+step() { printf '\n[setup] %s\n' "$*"; }
+fail() { printf '\n[setup] FAILED at step: %s\n' "$*" >&2; exit 1; }
+
+step "python interpreter ($PYTHON)"
+"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 9), sys.version' \
+  || fail "python >= 3.9 is required (set PYTHON=/path/to/python3)"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating virtual environment in $VENV"
+  "$PYTHON" -m venv "$VENV" || fail "creating the virtual environment (is the venv module installed?)"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install --disable-pip-version-check -q)
+
+stamp="$VENV/.dinat-setup-stamp"
+want_stamp=$(cat setup.cfg scripts/setup_env.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ] \
+   && "$PY" -c 'import dinat_backbone, mmcv.ops, mmdet, mmseg' 2>/dev/null; then
+  step "environment up to date ($VENV)"
+  exit 0
+fi
+
+step "build tools ($BUILD_SETUPTOOLS, wheel, ninja)"
+"${PIP[@]}" "$BUILD_SETUPTOOLS" wheel ninja || fail "installing build tools"
+
+step "torch==$TORCH_VERSION (CPU build)"
+"${PIP[@]}" "torch==$TORCH_VERSION" || fail "installing torch==$TORCH_VERSION"
+
+pyver=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+cache=${DINAT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dinat-backbone/wheels}
+mmcv_dir="$cache/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-$pyver-$(uname -m)"
+if ! ls "$mmcv_dir"/mmcv-*.whl >/dev/null 2>&1; then
+  step "building mmcv==$MMCV_VERSION with ops (once per machine, 20-40 min on 2 cores) into $mmcv_dir"
+  mkdir -p "$mmcv_dir.tmp"
+  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} FORCE_CUDA=0 \
+    "$PY" -m pip wheel --disable-pip-version-check --no-build-isolation --no-deps \
+    -w "$mmcv_dir.tmp" "mmcv==$MMCV_VERSION" || fail "building mmcv==$MMCV_VERSION (see the compiler output above)"
+  rm -rf "$mmcv_dir" && mv "$mmcv_dir.tmp" "$mmcv_dir"
+fi
+step "mmcv==$MMCV_VERSION from $mmcv_dir"
+"${PIP[@]}" "$mmcv_dir"/mmcv-*.whl || fail "installing the cached mmcv wheel"
+
+step "natten==$NATTEN_VERSION (no CUDA library on CPU machines)"
+"${PIP[@]}" --no-build-isolation "natten==$NATTEN_VERSION" || fail "installing natten==$NATTEN_VERSION"
+
+step "dinat_backbone and its pinned requirements (setup.cfg)"
+"${PIP[@]}" --no-build-isolation -e ".[tests]" || fail "installing dinat_backbone from setup.cfg"
+
+step "checking the installed stack"
+"$PY" - <<'PY' || fail "import check of the installed stack"
+import torch, mmcv, mmengine, mmdet, mmseg, natten
+from mmcv.ops import nms, roi_align  # compiled ops must be present
+import dinat_backbone
+print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmengine {mmengine.__version__}, "
+      f"mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, natten {natten.__version__}")
+PY
+echo "$want_stamp" > "$stamp"
+step "done: activate with 'source $VENV/bin/activate'"
