@@ -14,11 +14,15 @@ cd "$root"
 
 PYTHON=${PYTHON:-python3}
 VENV=${DINAT_VENV:-$root/.venv}
-# Versions that need special install handling; everything else is pinned in setup.cfg.
-TORCH_VERSION=2.13.0
-MMCV_VERSION=2.1.0
-NATTEN_VERSION=0.21.7
-BUILD_SETUPTOOLS='setuptools>=65,<70'  # mmcv's setup.py needs pkg_resources; mmengine too
+# Versions are pinned in setup.cfg only; these three need special install steps.
+pin() { sed -n "s/^ *$1==\([^ ]*\).*/\1/p" setup.cfg; }
+TORCH_VERSION=$(pin torch)
+MMCV_VERSION=$(pin mmcv)
+NATTEN_VERSION=$(pin natten)
+[ -n "$TORCH_VERSION" ] && [ -n "$MMCV_VERSION" ] && [ -n "$NATTEN_VERSION" ] \
+  || { echo "[setup] FAILED: could not read the torch/mmcv/natten pins from setup.cfg" >&2; exit 1; }
+# mmcv's setup.py imports pkg_resources APIs that setuptools>=70 dropped; used for its build only.
+MMCV_BUILD_SETUPTOOLS='setuptools<70'
 
 step() { printf '\n[setup] %s\n' "$*"; }
 fail() { printf '\n[setup] FAILED at step: %s\n' "$*" >&2; exit 1; }
@@ -42,11 +46,8 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ] \
   exit 0
 fi
 
-step "build tools ($BUILD_SETUPTOOLS, wheel, ninja)"
-"${PIP[@]}" "$BUILD_SETUPTOOLS" wheel ninja || fail "installing build tools"
-
-step "torch==$TORCH_VERSION (CPU build)"
-"${PIP[@]}" "torch==$TORCH_VERSION" || fail "installing torch==$TORCH_VERSION"
+step "torch==$TORCH_VERSION (installed first and pinned, so nothing pulls a CUDA build)"
+"${PIP[@]}" "torch==$TORCH_VERSION" wheel ninja || fail "installing torch==$TORCH_VERSION"
 
 pyver=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 cache=${DINAT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dinat-backbone/wheels}
@@ -54,6 +55,7 @@ mmcv_dir="$cache/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-$pyver-$(uname -m)"
 if ! ls "$mmcv_dir"/mmcv-*.whl >/dev/null 2>&1; then
   step "building mmcv==$MMCV_VERSION with ops (once per machine, 20-40 min on 2 cores) into $mmcv_dir"
   mkdir -p "$mmcv_dir.tmp"
+  "${PIP[@]}" "$MMCV_BUILD_SETUPTOOLS" 2>/dev/null || fail "installing $MMCV_BUILD_SETUPTOOLS for the mmcv build"
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} FORCE_CUDA=0 \
     "$PY" -m pip wheel --disable-pip-version-check --no-build-isolation --no-deps \
     -w "$mmcv_dir.tmp" "mmcv==$MMCV_VERSION" || fail "building mmcv==$MMCV_VERSION (see the compiler output above)"

@@ -1,0 +1,64 @@
+"""Argument normalisers and validation for the neighbourhood-attention operator."""
+from typing import Optional, Tuple, Union
+
+import torch
+
+IntOrPair = Union[int, Tuple[int, int]]
+
+
+def to_pair(value: IntOrPair, name: str) -> Tuple[int, int]:
+    """Normalise an int or a 2-tuple of ints to a 2-tuple, rejecting anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        return (int(value[0]), int(value[1]))
+    raise TypeError(f'{name} must be an int or a pair of ints, got {name}={value!r}.')
+
+
+def check_kernel_size(kernel_size: IntOrPair) -> Tuple[int, int]:
+    kernel = to_pair(kernel_size, 'kernel_size')
+    if any(k < 1 or k % 2 == 0 for k in kernel):
+        raise ValueError('Neighbourhood attention needs an odd kernel size >= 1 per axis, '
+                         f'got {kernel_size=}.')
+    return kernel
+
+
+def check_dilation(dilation: IntOrPair) -> Tuple[int, int]:
+    dil = to_pair(dilation, 'dilation')
+    if any(d < 1 for d in dil):
+        raise ValueError(f'Dilation must be >= 1 per axis, got {dilation=}.')
+    return dil
+
+
+def check_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 kernel: Tuple[int, int], dilation: Tuple[int, int],
+                 rpb: Optional[torch.Tensor]) -> None:
+    """Validate shapes/dtypes of ``[batch, height, width, heads, head_dim]`` inputs."""
+    if query.dim() != 5:
+        raise ValueError('na2d expects query/key/value of shape [batch, height, width, heads, '
+                         f'head_dim], got query.shape={tuple(query.shape)}.')
+    if key.shape != query.shape or value.shape != query.shape:
+        raise ValueError('query, key and value must have the same shape, got '
+                         f'{tuple(query.shape)=}, {tuple(key.shape)=}, {tuple(value.shape)=}.')
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError('query, key and value must have the same dtype, got '
+                        f'{query.dtype=}, {key.dtype=}, {value.dtype=}.')
+    if not (query.device == key.device == value.device):
+        raise ValueError('query, key and value must be on the same device, got '
+                         f'{query.device=}, {key.device=}, {value.device=}.')
+    input_size = tuple(query.shape[1:3])
+    for axis, (length, k, d) in enumerate(zip(input_size, kernel, dilation)):
+        if length < k * d:
+            raise ValueError('The product of kernel size and dilation cannot be larger than the '
+                             f'input size (pad the input first); axis {axis}: {input_size=}, '
+                             f'kernel_size={kernel}, dilation={dilation}.')
+    if rpb is not None:
+        heads = query.shape[3]
+        expected = (heads, 2 * kernel[0] - 1, 2 * kernel[1] - 1)
+        if tuple(rpb.shape) != expected:
+            raise ValueError('rpb must have shape [heads, 2*kernel_h-1, 2*kernel_w-1] = '
+                             f'{list(expected)}, got rpb.shape={list(rpb.shape)}.')
+        if rpb.device != query.device:
+            raise ValueError(f'rpb must be on the device of query, got {rpb.device=}, '
+                             f'{query.device=}.')

@@ -1,0 +1,217 @@
+"""2-D (dilated) neighbourhood attention with relative positional bias, in pure PyTorch.
+
+Semantics (per axis of length ``L``, odd kernel ``k``, dilation ``d``), as in NATTEN <= 0.17:
+query ``i`` belongs to dilation group ``g = i % d`` (the sub-grid ``g, g + d, ...`` of length
+``Lg = ceil((L - g) / d)``) at position ``p = i // d``. Its window starts at
+``s = clamp(p - k // 2, 0, Lg - k)`` inside the group, so windows are shifted inwards at the
+borders and every query sees exactly ``k`` keys per axis. The bias for key position ``n`` of the
+group is ``rpb[n - p + k - 1]``; 2-D attention is the product of the two axes.
+
+Implementation: queries of each dilation group are cut into tiles of ``T`` consecutive positions
+per axis. The keys of a tile's windows all lie in a halo of ``T + k - 1`` positions, so each tile
+is one small dense attention (``T*T`` queries against ``(T+k-1)**2`` keys) with an additive
+bias that carries the rpb for the neighbours and ``-inf`` elsewhere. All index arithmetic is
+done once per axis (``O(L * T)``) and cached per shape, so the hot path is three gathers, two
+batched matmuls and a softmax, and peak extra memory is ``O(H * W * heads * (T + k - 1)**2)``:
+no ``(H*W) x (H*W)`` matrix is ever built.
+"""
+from functools import lru_cache
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import IntOrPair, check_dilation, check_inputs, check_kernel_size
+
+__all__ = ['na2d', 'na2d_tiled', 'select_backend']
+
+# Query tile length per axis. 8 keeps the halo (8 + 7 - 1 = 14 for k = 7) small while giving
+# BLAS matrices of useful size; see docs/benchmarks.md for the measurement behind it.
+DEFAULT_TILE = 8
+
+
+class AxisTables(NamedTuple):
+    """Index tables of one axis; ``n`` tiles (over all dilation groups), tile length ``T``."""
+    query_index: torch.Tensor  # [n * T]       source position of each tiled query
+    key_index: torch.Tensor    # [n * (T+k-1)] source position of each halo key
+    bias_index: torch.Tensor   # [n, T, T+k-1] rpb index 0..2k-2, or 2k-1 where masked
+    inverse: torch.Tensor      # [L]           position of each source query in query_index
+
+
+def _axis_tables(length: int, kernel: int, dilation: int, tile: int,
+                 device: torch.device) -> AxisTables:
+    k, d = kernel, dilation
+    tile = max(1, min(tile, length // d - k + 1))  # the halo must fit in the shortest group
+    halo = tile + k - 1
+    tiles_per_group = -(-(-(-length // d)) // tile)  # ceil(ceil(L / d) / T)
+
+    arange = torch.arange
+    group = arange(d, device=device)
+    group_len = (length - group + d - 1) // d                                  # [d]
+    # Tile starts; the last tile of a group is shifted back so that it stays inside the group
+    # (its queries then repeat some of the previous tile's, which `inverse` reads only once).
+    start = torch.minimum(arange(tiles_per_group, device=device)[None] * tile,
+                          (group_len - tile)[:, None])                          # [d, n]
+    halo_start = torch.maximum(torch.minimum(start - k // 2, (group_len - halo)[:, None]),
+                               torch.zeros_like(start))                         # [d, n]
+    q_pos = start[..., None] + arange(tile, device=device)                      # [d, n, T]
+    k_pos = halo_start[..., None] + arange(halo, device=device)                 # [d, n, halo]
+    win_start = torch.maximum(torch.minimum(q_pos - k // 2, (group_len - k)[:, None, None]),
+                              torch.zeros_like(q_pos))                          # [d, n, T]
+    in_window = k_pos[..., None, :] - win_start[..., None]                      # [d, n, T, halo]
+    valid = (in_window >= 0) & (in_window < k)
+    bias_index = torch.where(valid, k_pos[..., None, :] - q_pos[..., None] + k - 1,
+                             torch.full_like(in_window, 2 * k - 1))
+
+    g = group[:, None, None]
+    query_index = (g + d * q_pos).reshape(-1)
+    key_index = (g + d * k_pos).reshape(-1)
+
+    src = arange(length, device=device)
+    src_group, src_pos = src % d, src // d
+    tile_id = torch.minimum(src_pos // tile, (group_len[src_group] + tile - 1) // tile - 1)
+    inverse = (src_group * tiles_per_group + tile_id) * tile + src_pos - start[src_group, tile_id]
+    return AxisTables(query_index, key_index, bias_index.reshape(d * tiles_per_group, tile, halo),
+                      inverse)
+
+
+class _Plan(NamedTuple):
+    rows: AxisTables
+    cols: AxisTables
+    bias_index: torch.Tensor   # [ny, nx, Ty*Tx, Hy*Hx] flat index into a padded rpb table
+    mask: torch.Tensor         # same shape, additive 0 / -inf (float32)
+
+
+@lru_cache(maxsize=64)
+def _plan(height: int, width: int, kernel: Tuple[int, int], dilation: Tuple[int, int],
+          tile: int, device: torch.device) -> _Plan:
+    rows = _axis_tables(height, kernel[0], dilation[0], tile, device)
+    cols = _axis_tables(width, kernel[1], dilation[1], tile, device)
+    ny, ty, hy = rows.bias_index.shape
+    nx, tx, hx = cols.bias_index.shape
+    # rpb is padded by one row and column holding the masked entries (index 2k-1 per axis).
+    row_stride = 2 * kernel[1]
+    index = (rows.bias_index[:, None, :, None, :, None] * row_stride
+             + cols.bias_index[None, :, None, :, None, :])
+    index = index.reshape(ny, nx, ty * tx, hy * hx)
+    masked = ((rows.bias_index == 2 * kernel[0] - 1)[:, None, :, None, :, None]
+              | (cols.bias_index == 2 * kernel[1] - 1)[None, :, None, :, None, :])
+    mask = torch.zeros(masked.shape, device=device).masked_fill_(masked, float('-inf'))
+    return _Plan(rows, cols, index, mask.reshape(ny, nx, ty * tx, hy * hx))
+
+
+def _to_tiles(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+              n_rows: int, n_cols: int) -> torch.Tensor:
+    """Gather ``[B, H, W, heads, D]`` into ``[B, heads, ny, nx, ty*tx, D]`` tiles."""
+    b, _, _, heads, dim = x.shape
+    x = x.index_select(1, rows).index_select(2, cols)
+    ty, tx = rows.numel() // n_rows, cols.numel() // n_cols
+    x = x.view(b, n_rows, ty, n_cols, tx, heads, dim).permute(0, 5, 1, 3, 2, 4, 6)
+    return x.reshape(b, heads, n_rows, n_cols, ty * tx, dim)
+
+
+def _attention_bias(plan: _Plan, rpb: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    if rpb is None:
+        return plan.mask.to(dtype)
+    heads = rpb.shape[0]
+    padded = F.pad(rpb, (0, 1, 0, 1)).reshape(heads, -1)
+    return padded[:, plan.bias_index].to(dtype) + plan.mask.to(dtype)
+
+
+def na2d_tiled(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         kernel_size: IntOrPair, dilation: IntOrPair = 1,
+                         rpb: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+                         tile: int = DEFAULT_TILE) -> torch.Tensor:
+    """The tiled pure-PyTorch implementation behind :func:`na2d` (same arguments).
+
+    ``tile`` is the query tile length per axis; it is exposed for benchmarks and tests.
+    """
+    kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
+    check_inputs(query, key, value, kernel, dil, rpb)
+    b, height, width, heads, dim = query.shape
+    scale = dim ** -0.5 if scale is None else scale
+    plan = _plan(height, width, kernel, dil, tile, query.device)
+    ny, nx = plan.rows.bias_index.shape[0], plan.cols.bias_index.shape[0]
+
+    q = _to_tiles(query * scale, plan.rows.query_index, plan.cols.query_index, ny, nx)
+    k = _to_tiles(key, plan.rows.key_index, plan.cols.key_index, ny, nx)
+    v = _to_tiles(value, plan.rows.key_index, plan.cols.key_index, ny, nx)
+    bias = _attention_bias(plan, rpb, query.dtype)
+
+    logits = torch.matmul(q, k.transpose(-1, -2)) + bias
+    # Softmax in float32 for half-precision inputs: the -inf mask and long rows need the range.
+    softmax_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else None
+    attn = logits.softmax(-1, dtype=softmax_dtype).to(query.dtype)
+    out = torch.matmul(attn, v)                                   # [B, heads, ny, nx, T*T, D]
+
+    ty, tx = plan.rows.query_index.numel() // ny, plan.cols.query_index.numel() // nx
+    out = out.view(b, heads, ny, nx, ty, tx, dim).permute(0, 2, 4, 3, 5, 1, 6)
+    out = out.reshape(b, ny * ty, nx * tx, heads, dim)
+    return out.index_select(1, plan.rows.inverse).index_select(2, plan.cols.inverse)
+
+
+def _natten_fused_available(query: torch.Tensor) -> bool:
+    """True where NATTEN has compiled (fused) kernels for this tensor: CUDA with libnatten."""
+    if not query.is_cuda:
+        return False
+    try:
+        import natten
+    except ImportError:
+        return False
+    has_lib = getattr(natten, 'HAS_LIBNATTEN', None)
+    if has_lib is None:
+        has_lib = getattr(getattr(natten, 'context', None), 'is_fna_enabled', lambda: True)()
+    return bool(has_lib)
+
+
+def select_backend(query: torch.Tensor, rpb: Optional[torch.Tensor],
+                   backend: str = 'auto') -> str:
+    """Return ``'natten'`` or ``'torch'``: which implementation :func:`na2d` will run.
+
+    ``auto`` picks NATTEN's fused kernels only when they apply: no rpb (NATTEN >= 0.20 has
+    none) and a CUDA tensor with libnatten. ``natten`` forces NATTEN (its CPU path is a slow
+    forward-only reference, useful for testing), ``torch`` forces our implementation.
+    """
+    if backend not in ('auto', 'torch', 'natten'):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'natten', got {backend=}.")
+    if backend == 'natten' and rpb is not None:
+        raise ValueError('NATTEN >= 0.20 has no relative positional bias; '
+                         "use backend='torch' or 'auto' with rpb.")
+    if backend == 'auto':
+        return 'natten' if rpb is None and _natten_fused_available(query) else 'torch'
+    return backend
+
+
+def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+         kernel_size: IntOrPair, dilation: IntOrPair = 1, rpb: Optional[torch.Tensor] = None,
+         scale: Optional[float] = None, backend: str = 'auto') -> torch.Tensor:
+    """2-D (dilated) neighbourhood attention, with optional relative positional bias.
+
+    Args:
+        query, key, value (Tensor): ``[batch, height, width, heads, head_dim]`` (NATTEN's
+            heads-last layout), same shape, dtype and device.
+        kernel_size (int | tuple[int, int]): odd neighbourhood size per axis.
+        dilation (int | tuple[int, int]): dilation per axis, >= 1. Default: 1.
+        rpb (Tensor, optional): relative positional bias ``[heads, 2*kh-1, 2*kw-1]``,
+            added to the logits. Default: None.
+        scale (float, optional): multiplies the query. Default: ``head_dim ** -0.5``.
+        backend (str): ``'auto'``, ``'torch'`` or ``'natten'``, see :func:`select_backend`.
+
+    Returns:
+        Tensor: ``[batch, height, width, heads, head_dim]``.
+
+    Raises:
+        ValueError: an axis is shorter than ``kernel_size * dilation`` (pad first), an even
+            kernel, dilation < 1, or mismatched shapes.
+
+    Example:
+        >>> q = k = v = torch.randn(2, 32, 40, 4, 16)   # [B, H, W, heads, D]
+        >>> na2d(q, k, v, kernel_size=7, dilation=2).shape
+        torch.Size([2, 32, 40, 4, 16])
+    """
+    if select_backend(query, rpb, backend) == 'natten':
+        import natten
+        kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
+        check_inputs(query, key, value, kernel, dil, rpb)
+        return natten.na2d(query, key, value, kernel_size=kernel, dilation=dil, scale=scale)
+    return na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale)
