@@ -41,31 +41,35 @@ class AxisTables(NamedTuple):
 def _axis_tables(length: int, kernel: int, dilation: int, tile: int,
                  device: torch.device) -> AxisTables:
     k, d = kernel, dilation
-    tile = max(1, min(tile, length // d - k + 1))  # the halo must fit in the shortest group
-    halo = tile + k - 1
-    tiles_per_group = -(-(-(-length // d)) // tile)  # ceil(ceil(L / d) / T)
+    longest = -(-length // d)  # groups are `longest` or `longest - 1` long
+    tile = min(tile, longest)
+    halo = min(tile + k - 1, longest)
+    tiles_per_group = -(-longest // tile)
 
     arange = torch.arange
     group = arange(d, device=device)
     group_len = (length - group + d - 1) // d                                  # [d]
-    # Tile starts; the last tile of a group is shifted back so that it stays inside the group
+    # Tile starts; the last tile of a group is shifted back so that it ends with the group
     # (its queries then repeat some of the previous tile's, which `inverse` reads only once).
+    # In a group shorter than the tile or the halo, positions run past the group's ends; they
+    # are clamped for gathering and always fall outside every window, so they are masked.
     start = torch.minimum(arange(tiles_per_group, device=device)[None] * tile,
                           (group_len - tile)[:, None])                          # [d, n]
-    halo_start = torch.maximum(torch.minimum(start - k // 2, (group_len - halo)[:, None]),
-                               torch.zeros_like(start))                         # [d, n]
+    halo_start = torch.clamp(torch.minimum(start - k // 2, (group_len - halo)[:, None]),
+                             min=0)                                             # [d, n]
     q_pos = start[..., None] + arange(tile, device=device)                      # [d, n, T]
     k_pos = halo_start[..., None] + arange(halo, device=device)                 # [d, n, halo]
-    win_start = torch.maximum(torch.minimum(q_pos - k // 2, (group_len - k)[:, None, None]),
-                              torch.zeros_like(q_pos))                          # [d, n, T]
+    last = (group_len - 1)[:, None, None]
+    win_start = torch.minimum(torch.clamp(q_pos - k // 2, min=0),
+                              (group_len - k)[:, None, None])                   # [d, n, T]
     in_window = k_pos[..., None, :] - win_start[..., None]                      # [d, n, T, halo]
     valid = (in_window >= 0) & (in_window < k)
     bias_index = torch.where(valid, k_pos[..., None, :] - q_pos[..., None] + k - 1,
                              torch.full_like(in_window, 2 * k - 1))
 
     g = group[:, None, None]
-    query_index = (g + d * q_pos).reshape(-1)
-    key_index = (g + d * k_pos).reshape(-1)
+    query_index = (g + d * torch.minimum(q_pos.clamp(min=0), last)).reshape(-1)
+    key_index = (g + d * torch.minimum(k_pos, last)).reshape(-1)
 
     src = arange(length, device=device)
     src_group, src_pos = src % d, src // d

@@ -1,0 +1,181 @@
+"""The DiNA operator against independent oracles: a naive neighbour-list attention written
+here from the published semantics, NATTEN 0.17.5's saved outputs, and NATTEN 0.21's na2d."""
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from dinat_backbone.ops import na2d, na2d_tiled, select_backend
+
+DATA = Path(__file__).parent / 'data'
+
+
+def neighbours(length: int, kernel: int, dilation: int) -> list:
+    """Per query index, its key indices along one axis (written from the paper's definition)."""
+    result = []
+    for i in range(length):
+        group, pos = i % dilation, i // dilation
+        group_len = len(range(group, length, dilation))
+        start = min(max(pos - kernel // 2, 0), group_len - kernel)
+        result.append([group + dilation * (start + t) for t in range(kernel)])
+    return result
+
+
+def oracle(q, k, v, kernel, dilation, rpb=None, scale=None):
+    """Full attention over all H*W keys with a -inf mask outside each query's neighbourhood."""
+    b, h, w, heads, dim = q.shape
+    scale = dim ** -0.5 if scale is None else scale
+    rows = torch.tensor(neighbours(h, kernel, dilation))  # [h, kernel]
+    cols = torch.tensor(neighbours(w, kernel, dilation))  # [w, kernel]
+    y, x, ty, tx = torch.meshgrid(torch.arange(h), torch.arange(w), torch.arange(kernel),
+                                  torch.arange(kernel), indexing='ij')
+    ky, kx = rows[y, ty], cols[x, tx]
+    dy, dx = (ky - y) // dilation + kernel - 1, (kx - x) // dilation + kernel - 1
+    bias = torch.full((heads, h, w, h, w), float('-inf'), dtype=q.dtype)
+    bias[:, y, x, ky, kx] = 0.0 if rpb is None else rpb[:, dy, dx]
+    logits = torch.einsum('byxhd,bijhd->bhyxij', q * scale, k) + bias
+    attn = logits.reshape(b, heads, h, w, h * w).softmax(-1).reshape(b, heads, h, w, h, w)
+    return torch.einsum('bhyxij,bijhd->byxhd', attn, v)
+
+
+def random_case(shape, kernel, dtype=torch.float64, seed=0, with_rpb=True):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(shape, generator=gen, dtype=dtype) for _ in range(3))
+    heads = shape[3]
+    rpb = torch.randn(heads, 2 * kernel - 1, 2 * kernel - 1, generator=gen, dtype=dtype)
+    return q, k, v, (rpb if with_rpb else None)
+
+
+# (batch, height, width, heads, dim), kernel, dilation: odd/even/non-divisible sizes, H != W,
+# maps exactly kernel*dilation wide, several tiles per axis, and groups of unequal length.
+GRID = [
+    ((2, 9, 11, 2, 4), 3, 1),
+    ((1, 10, 7, 3, 4), 3, 2),
+    ((2, 12, 13, 2, 3), 5, 1),
+    ((1, 15, 10, 2, 4), 5, 2),
+    ((1, 16, 17, 1, 4), 3, 4),
+    ((1, 21, 23, 2, 3), 7, 3),
+    ((2, 14, 19, 2, 4), 7, 1),
+    ((1, 28, 30, 1, 2), 7, 4),
+    ((1, 23, 29, 2, 2), 5, 4),
+    ((1, 7, 7, 1, 5), 7, 1),
+]
+
+
+@pytest.mark.parametrize('shape,kernel,dilation', GRID)
+@pytest.mark.parametrize('tile', [1, 3, 8])
+def test_forward_and_gradients_match_oracle(shape, kernel, dilation, tile):
+    q, k, v, rpb = random_case(shape, kernel, seed=kernel * 10 + dilation)
+    inputs = [t.clone().requires_grad_() for t in (q, k, v, rpb)]
+    expected_inputs = [t.clone().requires_grad_() for t in (q, k, v, rpb)]
+    out = na2d_tiled(*inputs[:3], kernel, dilation, rpb=inputs[3], tile=tile)
+    expected = oracle(*expected_inputs[:3], kernel, dilation, rpb=expected_inputs[3])
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    grad_out = torch.randn_like(out)
+    (out * grad_out).sum().backward()
+    (expected * grad_out).sum().backward()
+    for name, got, want in zip('qkv', inputs, expected_inputs):
+        torch.testing.assert_close(got.grad, want.grad, rtol=0, atol=1e-10, msg=f'grad {name}')
+    torch.testing.assert_close(inputs[3].grad, expected_inputs[3].grad, rtol=0, atol=1e-10)
+
+
+def test_without_rpb_matches_oracle():
+    q, k, v, _ = random_case((2, 13, 11, 2, 4), 5, with_rpb=False)
+    torch.testing.assert_close(na2d(q, k, v, 5, (2, 1)), oracle_rect(q, k, v), rtol=0, atol=1e-10)
+
+
+def oracle_rect(q, k, v):
+    """Rectangular dilation (2, 1) as the product of the per-axis neighbourhoods."""
+    b, h, w, heads, dim = q.shape
+    rows, cols = neighbours(h, 5, 2), neighbours(w, 5, 1)
+    mask = torch.full((h, w, h, w), float('-inf'), dtype=q.dtype)
+    for y, x in itertools.product(range(h), range(w)):
+        mask[y, x, torch.tensor(rows[y])[:, None], torch.tensor(cols[x])] = 0.0
+    logits = torch.einsum('byxhd,bijhd->bhyxij', q * dim ** -0.5, k) + mask
+    attn = logits.reshape(b, heads, h, w, h * w).softmax(-1).reshape(logits.shape)
+    return torch.einsum('bhyxij,bijhd->byxhd', attn, v)
+
+
+def test_gradcheck():
+    q, k, v, rpb = random_case((1, 9, 8, 2, 3), 3, seed=3)
+    inputs = tuple(t.requires_grad_() for t in (q, k, v, rpb))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, rpb: na2d(q, k, v, 3, 2, rpb=rpb), inputs, eps=1e-6, atol=1e-8)
+
+
+def test_matches_natten_0_17_5_outputs():
+    """Six cases saved from NATTEN 0.17.5 (the last release with rpb), layout [B, heads, H, W, D]."""
+    cases = torch.load(DATA / 'natten_0.17.5_na2d_rpb.pt', weights_only=True)['cases']
+    assert len(cases) == 6
+    for case in cases:
+        kernel, dilation = int(case['kernel_size']), int(case['dilation'])
+        q, k, v = (case[n].permute(0, 2, 3, 1, 4).clone().requires_grad_() for n in 'qkv')
+        rpb = case['rpb'].clone().requires_grad_()
+        out = na2d(q, k, v, kernel, dilation, rpb=rpb, scale=q.shape[-1] ** -0.5)
+        out = out.permute(0, 3, 1, 2, 4)
+        torch.testing.assert_close(out, case['out'], rtol=0, atol=1e-12)
+        (out * case['grad_out']).sum().backward()
+        for name, tensor in zip('qkv', (q, k, v)):
+            torch.testing.assert_close(tensor.grad.permute(0, 3, 1, 2, 4), case[f'grad_{name}'],
+                                       rtol=0, atol=1e-12)
+        torch.testing.assert_close(rpb.grad, case['grad_rpb'], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('shape,kernel,dilation', [((2, 14, 12, 2, 8), 7, 2), ((1, 9, 13, 3, 16), 3, 3),
+                                                   ((1, 11, 11, 1, 8), 5, 1)])
+def test_matches_natten_0_21_without_rpb(shape, kernel, dilation):
+    """NATTEN 0.21's own na2d (its CPU reference path) on the shapes it accepts."""
+    import natten
+    q, k, v, _ = random_case(shape, kernel, dtype=torch.float32, with_rpb=False)
+    expected = natten.na2d(q, k, v, kernel_size=kernel, dilation=dilation)
+    torch.testing.assert_close(na2d(q, k, v, kernel, dilation, backend='torch'), expected,
+                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(na2d(q, k, v, kernel, dilation, backend='natten'), expected,
+                               rtol=0, atol=0)
+
+
+def test_float32_and_bfloat16_against_float64_oracle():
+    q, k, v, rpb = random_case((2, 19, 17, 2, 8), 5, seed=7)
+    expected = oracle(q, k, v, 5, 3, rpb=rpb)
+    out32 = na2d(q.float(), k.float(), v.float(), 5, 3, rpb=rpb.float())
+    torch.testing.assert_close(out32.double(), expected, rtol=0, atol=1e-5)
+    # bfloat16 keeps 8 bits of mantissa: inputs alone round by ~0.4%; softmax runs in float32.
+    outbf = na2d(q.bfloat16(), k.bfloat16(), v.bfloat16(), 5, 3, rpb=rpb.bfloat16())
+    assert outbf.dtype == torch.bfloat16
+    torch.testing.assert_close(outbf.double(), expected, rtol=0, atol=5e-2)
+
+
+def test_backend_selection_is_visible():
+    q = torch.zeros(1, 8, 8, 1, 4)
+    rpb = torch.zeros(1, 5, 5)
+    assert select_backend(q, rpb) == 'torch'
+    assert select_backend(q, None) == 'torch'  # CPU: NATTEN has no fused kernels here
+    assert select_backend(q, None, 'natten') == 'natten'
+    with pytest.raises(ValueError, match='no relative positional bias'):
+        select_backend(q, rpb, 'natten')
+    with pytest.raises(ValueError, match='backend must be'):
+        select_backend(q, None, 'fast')
+
+
+@pytest.mark.parametrize('kwargs,error,match', [
+    (dict(kernel_size=4), ValueError, 'odd kernel size'),
+    (dict(kernel_size=3, dilation=0), ValueError, 'Dilation must be >= 1'),
+    (dict(kernel_size=3, dilation=3), ValueError, 'cannot be larger than the input size'),
+    (dict(kernel_size=(3, 3, 3)), TypeError, 'pair of ints'),
+    (dict(kernel_size=3, rpb=torch.zeros(2, 3, 3)), ValueError, r'rpb must have shape'),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, error, match):
+    q = torch.zeros(1, 8, 7, 2, 4)
+    with pytest.raises(error, match=match):
+        na2d(q, q, q, **kwargs)
+
+
+def test_mismatched_inputs_raise():
+    q = torch.zeros(1, 8, 8, 2, 4)
+    with pytest.raises(ValueError, match='same shape'):
+        na2d(q, q, torch.zeros(1, 8, 8, 2, 5), 3)
+    with pytest.raises(TypeError, match='same dtype'):
+        na2d(q, q, q.double(), 3)
+    with pytest.raises(ValueError, match=r'\[batch, height, width, heads, head_dim\]'):
+        na2d(q[0], q[0], q[0], 3)
