@@ -123,9 +123,9 @@ def _attention_bias(plan: _Plan, rpb: Optional[torch.Tensor], dtype: torch.dtype
 
 
 def na2d_tiled(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                         kernel_size: IntOrPair, dilation: IntOrPair = 1,
-                         rpb: Optional[torch.Tensor] = None, scale: Optional[float] = None,
-                         tile: int = DEFAULT_TILE) -> torch.Tensor:
+               kernel_size: IntOrPair, dilation: IntOrPair = 1,
+               rpb: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+               attn_drop: float = 0.0, tile: int = DEFAULT_TILE) -> torch.Tensor:
     """The tiled pure-PyTorch implementation behind :func:`na2d` (same arguments).
 
     ``tile`` is the query tile length per axis; it is exposed for benchmarks and tests.
@@ -146,6 +146,8 @@ def na2d_tiled(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     # Softmax in float32 for half-precision inputs: the -inf mask and long rows need the range.
     softmax_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else None
     attn = logits.softmax(-1, dtype=softmax_dtype).to(query.dtype)
+    if attn_drop > 0.0:
+        attn = F.dropout(attn, p=attn_drop)
     out = torch.matmul(attn, v)                                   # [B, heads, ny, nx, T*T, D]
 
     ty, tx = plan.rows.query_index.numel() // ny, plan.cols.query_index.numel() // nx
@@ -168,12 +170,12 @@ def _natten_fused_available(query: torch.Tensor) -> bool:
     return bool(has_lib)
 
 
-def select_backend(query: torch.Tensor, rpb: Optional[torch.Tensor],
-                   backend: str = 'auto') -> str:
+def select_backend(query: torch.Tensor, rpb: Optional[torch.Tensor], backend: str = 'auto',
+                   attn_drop: float = 0.0) -> str:
     """Return ``'natten'`` or ``'torch'``: which implementation :func:`na2d` will run.
 
-    ``auto`` picks NATTEN's fused kernels only when they apply: no rpb (NATTEN >= 0.20 has
-    none) and a CUDA tensor with libnatten. ``natten`` forces NATTEN (its CPU path is a slow
+    ``auto`` picks NATTEN's fused kernels only when they apply: no rpb and no attention
+    dropout (NATTEN >= 0.20 has neither) and a CUDA tensor with libnatten. ``natten`` forces NATTEN (its CPU path is a slow
     forward-only reference, useful for testing), ``torch`` forces our implementation.
     """
     if backend not in ('auto', 'torch', 'natten'):
@@ -181,14 +183,19 @@ def select_backend(query: torch.Tensor, rpb: Optional[torch.Tensor],
     if backend == 'natten' and rpb is not None:
         raise ValueError('NATTEN >= 0.20 has no relative positional bias; '
                          "use backend='torch' or 'auto' with rpb.")
+    if backend == 'natten' and attn_drop > 0.0:
+        raise ValueError('NATTEN >= 0.20 has no attention dropout; '
+                         "use backend='torch' or 'auto' with attn_drop > 0.")
     if backend == 'auto':
-        return 'natten' if rpb is None and _natten_fused_available(query) else 'torch'
+        fused = rpb is None and attn_drop == 0.0 and _natten_fused_available(query)
+        return 'natten' if fused else 'torch'
     return backend
 
 
 def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
          kernel_size: IntOrPair, dilation: IntOrPair = 1, rpb: Optional[torch.Tensor] = None,
-         scale: Optional[float] = None, backend: str = 'auto') -> torch.Tensor:
+         scale: Optional[float] = None, attn_drop: float = 0.0,
+         backend: str = 'auto') -> torch.Tensor:
     """2-D (dilated) neighbourhood attention, with optional relative positional bias.
 
     Args:
@@ -199,6 +206,9 @@ def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         rpb (Tensor, optional): relative positional bias ``[heads, 2*kh-1, 2*kw-1]``,
             added to the logits. Default: None.
         scale (float, optional): multiplies the query. Default: ``head_dim ** -0.5``.
+        attn_drop (float): dropout probability on the attention weights (pass 0 in eval).
+            NATTEN >= 0.20 has no attention dropout, so ``auto`` uses ours when > 0.
+            Default: 0.
         backend (str): ``'auto'``, ``'torch'`` or ``'natten'``, see :func:`select_backend`.
 
     Returns:
@@ -213,9 +223,9 @@ def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         >>> na2d(q, k, v, kernel_size=7, dilation=2).shape
         torch.Size([2, 32, 40, 4, 16])
     """
-    if select_backend(query, rpb, backend) == 'natten':
+    if select_backend(query, rpb, backend, attn_drop) == 'natten':
         import natten
         kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
         check_inputs(query, key, value, kernel, dil, rpb)
         return natten.na2d(query, key, value, kernel_size=kernel, dilation=dil, scale=scale)
-    return na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale)
+    return na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale, attn_drop)
