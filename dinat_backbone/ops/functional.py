@@ -82,8 +82,12 @@ def _axis_tables(length: int, kernel: int, dilation: int, tile: int,
 class _Plan(NamedTuple):
     rows: AxisTables
     cols: AxisTables
-    bias_index: torch.Tensor   # [ny, nx, Ty*Tx, Hy*Hx] flat index into a padded rpb table
+    # Most tiles share their bias pattern (all interior tiles do), so the bias is built for the
+    # distinct row x column patterns only and expanded to the tiles by index_select.
+    bias_index: torch.Tensor   # [Uy, Ux, Ty*Tx, Hy*Hx] flat index into the padded rpb table
     mask: torch.Tensor         # same shape, additive 0 / -inf (float32)
+    row_pattern: torch.Tensor  # [ny] pattern id of each row tile
+    col_pattern: torch.Tensor  # [nx] pattern id of each column tile
 
 
 @lru_cache(maxsize=64)
@@ -91,35 +95,40 @@ def _plan(height: int, width: int, kernel: Tuple[int, int], dilation: Tuple[int,
           tile: int, device: torch.device) -> _Plan:
     rows = _axis_tables(height, kernel[0], dilation[0], tile, device)
     cols = _axis_tables(width, kernel[1], dilation[1], tile, device)
-    ny, ty, hy = rows.bias_index.shape
-    nx, tx, hx = cols.bias_index.shape
+    row_patterns, row_pattern = torch.unique(rows.bias_index, dim=0, return_inverse=True)
+    col_patterns, col_pattern = torch.unique(cols.bias_index, dim=0, return_inverse=True)
+    uy, ty, hy = row_patterns.shape
+    ux, tx, hx = col_patterns.shape
     # rpb is padded by one row and column holding the masked entries (index 2k-1 per axis).
-    row_stride = 2 * kernel[1]
-    index = (rows.bias_index[:, None, :, None, :, None] * row_stride
-             + cols.bias_index[None, :, None, :, None, :])
-    index = index.reshape(ny, nx, ty * tx, hy * hx)
-    masked = ((rows.bias_index == 2 * kernel[0] - 1)[:, None, :, None, :, None]
-              | (cols.bias_index == 2 * kernel[1] - 1)[None, :, None, :, None, :])
+    index = (row_patterns[:, None, :, None, :, None] * (2 * kernel[1])
+             + col_patterns[None, :, None, :, None, :])
+    masked = ((row_patterns == 2 * kernel[0] - 1)[:, None, :, None, :, None]
+              | (col_patterns == 2 * kernel[1] - 1)[None, :, None, :, None, :])
     mask = torch.zeros(masked.shape, device=device).masked_fill_(masked, float('-inf'))
-    return _Plan(rows, cols, index, mask.reshape(ny, nx, ty * tx, hy * hx))
+    shape = (uy, ux, ty * tx, hy * hx)
+    return _Plan(rows, cols, index.reshape(shape), mask.reshape(shape), row_pattern, col_pattern)
 
 
 def _to_tiles(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
               n_rows: int, n_cols: int) -> torch.Tensor:
-    """Gather ``[B, H, W, heads, D]`` into ``[B, heads, ny, nx, ty*tx, D]`` tiles."""
+    """Gather ``[B, H, W, heads, D]`` into ``[B * heads * ny * nx, ty*tx, D]`` tiles."""
     b, _, _, heads, dim = x.shape
     x = x.index_select(1, rows).index_select(2, cols)
     ty, tx = rows.numel() // n_rows, cols.numel() // n_cols
     x = x.view(b, n_rows, ty, n_cols, tx, heads, dim).permute(0, 5, 1, 3, 2, 4, 6)
-    return x.reshape(b, heads, n_rows, n_cols, ty * tx, dim)
+    return x.reshape(b * heads * n_rows * n_cols, ty * tx, dim)
 
 
-def _attention_bias(plan: _Plan, rpb: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+def _attention_bias(plan: _Plan, rpb: Optional[torch.Tensor], heads: int,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """Additive logits bias ``[heads, ny, nx, Ty*Tx, Hy*Hx]``: rpb for neighbours, -inf else."""
+    mask = plan.mask.to(dtype)
     if rpb is None:
-        return plan.mask.to(dtype)
-    heads = rpb.shape[0]
-    padded = F.pad(rpb, (0, 1, 0, 1)).reshape(heads, -1)
-    return padded[:, plan.bias_index].to(dtype) + plan.mask.to(dtype)
+        bias = mask.expand(heads, *mask.shape)
+    else:
+        padded = F.pad(rpb, (0, 1, 0, 1)).reshape(heads, -1)
+        bias = padded[:, plan.bias_index].to(dtype) + mask
+    return bias.index_select(1, plan.row_pattern).index_select(2, plan.col_pattern)
 
 
 def na2d_tiled(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -135,20 +144,22 @@ def na2d_tiled(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     b, height, width, heads, dim = query.shape
     scale = dim ** -0.5 if scale is None else scale
     plan = _plan(height, width, kernel, dil, tile, query.device)
-    ny, nx = plan.rows.bias_index.shape[0], plan.cols.bias_index.shape[0]
+    ny, nx = len(plan.row_pattern), len(plan.col_pattern)
 
-    q = _to_tiles(query * scale, plan.rows.query_index, plan.cols.query_index, ny, nx)
+    q = _to_tiles(query, plan.rows.query_index, plan.cols.query_index, ny, nx)
     k = _to_tiles(key, plan.rows.key_index, plan.cols.key_index, ny, nx)
     v = _to_tiles(value, plan.rows.key_index, plan.cols.key_index, ny, nx)
-    bias = _attention_bias(plan, rpb, query.dtype)
+    bias = _attention_bias(plan, rpb, heads, query.dtype)
+    bias = bias.expand(b, *bias.shape).reshape(-1, *bias.shape[-2:])
 
-    logits = torch.matmul(q, k.transpose(-1, -2)) + bias
+    # One fused pass: logits = bias + scale * q @ k^T.
+    logits = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale)
     # Softmax in float32 for half-precision inputs: the -inf mask and long rows need the range.
     softmax_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else None
     attn = logits.softmax(-1, dtype=softmax_dtype).to(query.dtype)
     if attn_drop > 0.0:
         attn = F.dropout(attn, p=attn_drop)
-    out = torch.matmul(attn, v)                                   # [B, heads, ny, nx, T*T, D]
+    out = torch.bmm(attn, v)                                  # [B*heads*ny*nx, Ty*Tx, D]
 
     ty, tx = plan.rows.query_index.numel() // ny, plan.cols.query_index.numel() // nx
     out = out.view(b, heads, ny, nx, ty, tx, dim).permute(0, 2, 4, 3, 5, 1, 6)
