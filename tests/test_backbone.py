@@ -188,7 +188,8 @@ def test_dilation_presets_match_the_paper():
 
 
 # ImageNet classifier parameters (backbone + final norm + 1000-way head), in millions, as
-# published: Mini 20M, Tiny 28M, Small 51M, Base 90M, Large 200M.
+# published (rounded): Mini 20M, Tiny 28M, Small 51M, Base 90M, Large 200M. Ours: 19.98,
+# 27.90, 50.72, 89.77, 200.94; a wrong width, depth or MLP ratio moves them by far more than 1%.
 @pytest.mark.parametrize('arch,published', [('mini', 20), ('tiny', 28), ('small', 51),
                                             ('base', 90), ('large', 200)])
 def test_parameter_counts_match_published(arch, published):
@@ -197,7 +198,7 @@ def test_parameter_counts_match_published(arch, published):
     width = model.num_features[-1]
     backbone = sum(p.numel() for n, p in model.named_parameters() if not n.startswith('norm'))
     classifier = backbone + 2 * width + width * 1000 + 1000
-    assert round(classifier / 1e6) == published
+    assert abs(classifier / 1e6 - published) / published < 0.01, classifier
 
 
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
