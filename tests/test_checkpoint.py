@@ -676,3 +676,24 @@ def test_classify_tool_reads_labels_of_a_hugging_face_snapshot(hf_dir, tmp_path,
     assert [line.split(' (index')[0] for line in lines] == \
         [f'{r}. LABEL_{line.split("(index ")[1].split(")")[0]}' for r, line in
          enumerate(lines, 1)]
+
+
+def test_classify_tool_names_imagenet_classes_by_default(tmp_path, capsys):
+    """A 1000-class head that favours index 281 prints ImageNet's name for it, "tabby, tabby cat"
+    (the DiNAT model card's answer for COCO image 39769 with the real Mini weights)."""
+    model = DiNATClassifier(arch=tiny_arch(), num_classes=1000, kernel_size=KERNEL,
+                            dilations=DILATIONS)
+    model.init_weights()
+    state = {k.replace('backbone.norm3.', 'norm.').replace('backbone.', ''): v
+             for k, v in model.state_dict().items()}
+    state['head.weight'] = torch.zeros_like(state['head.weight'])
+    state['head.bias'] = torch.zeros(1000).index_fill_(0, torch.tensor([281, 282, 285]), 5.0)
+    state['head.bias'][281] = 9.0
+    checkpoint, image = tmp_path / 'cat.pth', tmp_path / 'img.png'
+    torch.save({'model': state}, checkpoint)
+    _write_image(image)
+    assert classify.main([str(image), '--checkpoint', str(checkpoint), '--size', '64',
+                          '--dilations', json.dumps(DILATIONS), '--topk', '3']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert lines[0].startswith('1. tabby, tabby cat (index 281)')
+    assert {line.split(' (index')[0][3:] for line in lines[1:]} == {'tiger cat', 'Egyptian cat'}

@@ -6,8 +6,9 @@ Example:
 
 The architecture and kernel size are read from the checkpoint (``--arch`` checks them).
 Class names: ``--labels`` (one name per line, or a JSON ``id2label`` / Hugging Face
-``config.json``), else the ``config.json`` of a Hugging Face snapshot next to the weights, else
-``class N``. No copy of the ImageNet class names ships with this project or its dependencies.
+``config.json``), else the ``config.json`` of a Hugging Face snapshot next to the weights, else,
+for a 1000-class head, the ImageNet-1k names shipped in ``dinat_backbone/imagenet1k_labels.txt``
+(WordNet lemmas in the standard class order, e.g. index 281 is "tabby, tabby cat").
 """
 import argparse
 import json
@@ -18,6 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET1K_LABELS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'dinat_backbone',
+                             'imagenet1k_labels.txt')
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -131,6 +134,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     model, zoo_size = build_classifier(args.checkpoint, args.arch, _dilations(args.dilations))
     size = args.size or zoo_size or 224
     labels_file = args.labels or _labels_beside(args.checkpoint)
+    if labels_file is None and model.num_classes == 1000:
+        labels_file = IMAGENET1K_LABELS
     labels = read_labels(labels_file) if labels_file else {}
     with torch.no_grad():
         probs = model(preprocess(args.image, size, args.crop_pct)).softmax(-1)[0]
