@@ -1,12 +1,13 @@
 """The DiNA operator against independent oracles: a naive neighbour-list attention written
 here from the published semantics, NATTEN 0.17.5's saved outputs, and NATTEN 0.21's na2d."""
 import itertools
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
-from dinat_backbone.ops import na2d, na2d_tiled, select_backend
+from dinat_backbone.ops import na2d, na2d_gather, na2d_tiled, select_backend
 from na_oracle import neighbours, oracle
 
 DATA = Path(__file__).parent / 'data'
@@ -36,13 +37,21 @@ GRID = [
 ]
 
 
+IMPLEMENTATIONS = {
+    'tile1': partial(na2d_tiled, tile=1),
+    'tile3': partial(na2d_tiled, tile=3),
+    'tile8': partial(na2d_tiled, tile=8),
+    'gather': na2d_gather,  # the export path
+}
+
+
 @pytest.mark.parametrize('shape,kernel,dilation', GRID)
-@pytest.mark.parametrize('tile', [1, 3, 8])
-def test_forward_and_gradients_match_oracle(shape, kernel, dilation, tile):
+@pytest.mark.parametrize('impl', sorted(IMPLEMENTATIONS))
+def test_forward_and_gradients_match_oracle(shape, kernel, dilation, impl):
     q, k, v, rpb = random_case(shape, kernel, seed=kernel * 10 + dilation)
     inputs = [t.clone().requires_grad_() for t in (q, k, v, rpb)]
     expected_inputs = [t.clone().requires_grad_() for t in (q, k, v, rpb)]
-    out = na2d_tiled(*inputs[:3], kernel, dilation, rpb=inputs[3], tile=tile)
+    out = IMPLEMENTATIONS[impl](*inputs[:3], kernel, dilation, rpb=inputs[3])
     expected = oracle(*expected_inputs[:3], kernel, dilation, rpb=expected_inputs[3])
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
     grad_out = torch.randn_like(out)

@@ -73,9 +73,13 @@ class NeighborhoodAttention2D(BaseModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``[B, H, W, C]`` -> ``[B, H, W, C]``."""
         batch, height, width, channels = x.shape
-        pad_h = max(0, self.kernel_size[0] * self.dilation[0] - height)
-        pad_w = max(0, self.kernel_size[1] * self.dilation[1] - width)
-        if pad_h or pad_w:
+        # sym_max keeps the padding symbolic when exported with dynamic height/width.
+        pad_h = torch.sym_max(0, self.kernel_size[0] * self.dilation[0] - height)
+        pad_w = torch.sym_max(0, self.kernel_size[1] * self.dilation[1] - width)
+        # When exporting, pad unconditionally (by 0 where not needed): a branch on the size
+        # would fix the graph to one side of the threshold.
+        padded = torch.compiler.is_exporting() or pad_h > 0 or pad_w > 0
+        if padded:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         qkv = self.qkv(x).reshape(batch, height + pad_h, width + pad_w, 3, self.num_heads,
                                   self.head_dims)
@@ -83,7 +87,7 @@ class NeighborhoodAttention2D(BaseModule):
         x = na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale,
                  attn_drop=self.attn_drop_rate if self.training else 0.)
         x = x.reshape(batch, height + pad_h, width + pad_w, channels)
-        if pad_h or pad_w:
+        if padded:
             x = x[:, :height, :width]
         return self.proj_drop(self.proj(x))
 

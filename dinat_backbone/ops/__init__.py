@@ -1,4 +1,4 @@
 """The DiNA operator: 2-D (dilated) neighbourhood attention with relative positional bias."""
-from .functional import na2d, na2d_tiled, select_backend
+from .functional import na2d, na2d_gather, na2d_tiled, select_backend
 
-__all__ = ['na2d', 'na2d_tiled', 'select_backend']
+__all__ = ['na2d', 'na2d_gather', 'na2d_tiled', 'select_backend']

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ._checks import IntOrPair, check_dilation, check_inputs, check_kernel_size
 
-__all__ = ['na2d', 'na2d_tiled', 'select_backend']
+__all__ = ['na2d', 'na2d_tiled', 'na2d_gather', 'select_backend']
 
 # Query tile length per axis. 8 keeps the halo (8 + 7 - 1 = 14 for k = 7) small while giving
 # BLAS matrices of useful size; see docs/benchmarks.md for the measurement behind it.
@@ -167,6 +167,46 @@ def na2d_tiled(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     return out.index_select(1, plan.rows.inverse).index_select(2, plan.cols.inverse)
 
 
+def _axis_neighbours(length: int, kernel: int, dilation: int, device: torch.device
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per query of one axis, its ``kernel`` key positions and their rpb indices, ``[L, k]``."""
+    i = torch.arange(length, device=device)
+    group, pos = i % dilation, i // dilation
+    group_len = (length - group + dilation - 1) // dilation
+    start = torch.minimum((pos - kernel // 2).clamp(min=0), group_len - kernel)
+    window = start[:, None] + torch.arange(kernel, device=device)
+    return group[:, None] + dilation * window, window - pos[:, None] + kernel - 1
+
+
+def na2d_gather(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kernel_size: IntOrPair, dilation: IntOrPair = 1,
+                rpb: Optional[torch.Tensor] = None, scale: Optional[float] = None
+                ) -> torch.Tensor:
+    """Neighbourhood attention by gathering every query's ``k*k`` keys (same arguments as
+    :func:`na2d`, no dropout).
+
+    Every index is a tensor op on ``arange(H)``/``arange(W)``, so the graph stays valid for any
+    input size: :func:`na2d` uses it when exporting (ONNX with dynamic height/width). It holds
+    ``k*k`` copies of the keys and values (``O(H*W*k*k*C)`` memory), so eager code uses the
+    tiled :func:`na2d_tiled` instead.
+    """
+    kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
+    b, height, width, heads, dim = query.shape
+    scale = dim ** -0.5 if scale is None else scale
+    rows, row_bias = _axis_neighbours(height, kernel[0], dil[0], query.device)
+    cols, col_bias = _axis_neighbours(width, kernel[1], dil[1], query.device)
+    index_y, index_x = rows[:, None, :, None], cols[None, :, None, :]       # [H, W, kh, kw]
+    k = key[:, index_y, index_x].flatten(3, 4)                  # [B, H, W, kh*kw, heads, D]
+    v = value[:, index_y, index_x].flatten(3, 4)
+    logits = torch.einsum('byxhd,byxnhd->byxhn', query * scale, k)
+    if rpb is not None:
+        bias = rpb[:, row_bias[:, None, :, None], col_bias[None, :, None, :]]  # [h, H, W, kh, kw]
+        logits = logits + bias.flatten(3, 4).permute(1, 2, 0, 3).to(logits.dtype)
+    softmax_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else None
+    attn = logits.softmax(-1, dtype=softmax_dtype).to(query.dtype)
+    return torch.einsum('byxhn,byxnhd->byxhd', attn, v)
+
+
 def _natten_fused_available(query: torch.Tensor) -> bool:
     """True where NATTEN has compiled (fused) kernels for this tensor: CUDA with libnatten."""
     if not query.is_cuda:
@@ -234,6 +274,11 @@ def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         >>> na2d(q, k, v, kernel_size=7, dilation=2).shape
         torch.Size([2, 32, 40, 4, 16])
     """
+    if torch.compiler.is_exporting():
+        # Export traces shapes symbolically: the gather form has no size-dependent tiling.
+        check_inputs(query, key, value, check_kernel_size(kernel_size),
+                     check_dilation(dilation), rpb)
+        return na2d_gather(query, key, value, kernel_size, dilation, rpb, scale)
     if select_backend(query, rpb, backend, attn_drop) == 'natten':
         import natten
         kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
