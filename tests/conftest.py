@@ -1,0 +1,180 @@
+"""Shared fixtures: the synthetic sample datasets and tiny mmseg/mmdet configs that use them."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOOLS = REPO_ROOT / 'tools'
+
+
+@pytest.fixture(scope='session')
+def sample_data_root(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+    """The sample datasets, generated once per session; the dict of ``ensure_sample_data``."""
+    from dinat_backbone.sample_data import ensure_sample_data
+    return ensure_sample_data(str(tmp_path_factory.mktemp('sample_data')))
+
+
+# A segmentor from mmseg's own base configs, shrunk to run 10 iterations in seconds on CPU:
+# ResNet-18 layout with 8 base channels, 64x64 crops of the ADE20K-format sample.
+TINY_SEG_CONFIG = """\
+_base_ = [
+    'mmseg::_base_/models/fcn_r50-d8.py', 'mmseg::_base_/datasets/ade20k.py',
+    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_20k.py'
+]
+data_root = {data_root!r}
+crop_size = (64, 64)
+norm_cfg = dict(type={norm!r}, requires_grad=True)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    pretrained=None,
+    backbone=dict(depth=18, stem_channels=8, base_channels=8, norm_cfg=norm_cfg),
+    decode_head=dict(in_channels=64, channels=16, num_classes=150, norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_channels=32, channels=8, num_classes=150, norm_cfg=norm_cfg))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(128, 64), ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 64), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs')
+]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+param_scheduler = [
+    dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=10, by_epoch=False)
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=10, val_interval=10)
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=1, log_metric_by_epoch=False),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5))
+env_cfg = dict(cudnn_benchmark=False)
+randomness = dict(seed=0)
+"""
+
+# Mask R-CNN from mmdet's own base configs, shrunk (ResNet-18 layout, 16 base channels,
+# 32-wide FPN and heads, 3 classes) and trained for 4 iterations on the COCO-format sample.
+TINY_DET_CONFIG = """\
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py', 'mmdet::_base_/datasets/coco_instance.py',
+    'mmdet::_base_/schedules/schedule_1x.py', 'mmdet::_base_/default_runtime.py'
+]
+data_root = {data_root!r} + '/'
+metainfo = dict(classes=('stop sign', 'sports ball', 'kite'))
+model = dict(
+    backbone=dict(depth=18, base_channels=16, init_cfg=None),
+    neck=dict(in_channels=[16, 32, 64, 128], out_channels=32),
+    rpn_head=dict(in_channels=32, feat_channels=32),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=32),
+        bbox_head=dict(in_channels=32, fc_out_channels=64, num_classes=3),
+        mask_roi_extractor=dict(out_channels=32),
+        mask_head=dict(in_channels=32, conv_out_channels=32, num_classes=3)),
+    # fewer proposals and sampled RoIs: the images hold 1-4 objects
+    train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100),
+                   rcnn=dict(sampler=dict(num=64))),
+    test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=100), rcnn=dict(max_per_img=20)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
+]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=4, val_interval=4)
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4)]
+optim_wrapper = dict(optimizer=dict(lr=0.01))
+default_hooks = dict(
+    logger=dict(interval=1), checkpoint=dict(by_epoch=False, interval=4))
+log_processor = dict(by_epoch=False)
+env_cfg = dict(cudnn_benchmark=False)
+randomness = dict(seed=0)
+"""
+
+
+def write_config(path: Path, template: str, **fields) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(template.format(**fields))
+    return str(path)
+
+
+@pytest.fixture(scope='session')
+def tiny_seg_config(sample_data_root: Dict[str, str],
+                    tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Path of the tiny FCN config on the ADE20K-format sample (BN)."""
+    return write_config(tmp_path_factory.mktemp('configs') / 'tiny_fcn_ade_sample.py',
+                        TINY_SEG_CONFIG, data_root=sample_data_root['ade20k'], norm='BN')
+
+
+@pytest.fixture(scope='session')
+def tiny_det_config(sample_data_root: Dict[str, str],
+                    tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Path of the tiny Mask R-CNN config on the COCO-format sample."""
+    return write_config(tmp_path_factory.mktemp('configs') / 'tiny_mask_rcnn_coco_sample.py',
+                        TINY_DET_CONFIG, data_root=sample_data_root['coco'])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run_script(script: str, args: List[str], env: Optional[Dict[str, str]] = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a ``tools/`` script (python or bash) in a subprocess with this interpreter."""
+    full_env = dict(os.environ)
+    full_env['PYTHONPATH'] = os.pathsep.join(
+        [str(REPO_ROOT)] + [p for p in [full_env.get('PYTHONPATH')] if p])
+    full_env['PYTHON'] = sys.executable  # for dist_*.sh
+    full_env['PYTHONUNBUFFERED'] = '1'  # keep the log of a killed run
+    full_env.setdefault('OMP_NUM_THREADS', '1')  # 2 cores shared with other processes
+    full_env.update(env or {})
+    path = str(TOOLS / script)
+    cmd = ['bash', path] if script.endswith('.sh') else [sys.executable, path]
+    return subprocess.run(cmd + list(args), cwd=str(REPO_ROOT), env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def run_tool() -> Callable[..., subprocess.CompletedProcess]:
+    """:func:`run_script` as a fixture."""
+    return run_script
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    """Fail with the tail of the tool's output when it did not exit with 0."""
+    assert result.returncode == 0, (
+        f'exit code {result.returncode}\n--- stdout ---\n{result.stdout[-4000:]}'
+        f'\n--- stderr ---\n{result.stderr[-4000:]}')
