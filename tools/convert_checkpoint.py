@@ -5,6 +5,7 @@ layouts directly); useful to inspect a checkpoint, to check it against an archit
 one file that any mmengine loader reads.
 """
 import argparse
+import importlib
 import os
 import os.path as osp
 import sys
@@ -28,6 +29,13 @@ With --prefix backbone. every key is prefixed, so that the file can be given to 
 or segmentor (load_from=DST, or mmengine's init_cfg with prefix='backbone.'); the backbone loader
 strips the prefix again, so both forms also work as init_cfg checkpoints.
 --keep-classifier keeps norm.*/head.* (reference names) for DiNATClassifier.
+
+--task converts a whole COCO/ADE20K model instead, e.g. a published mmdet 2.x / mmseg 0.x file
+(SRC may be its model-zoo name, such as mask-rcnn_dinat-t_fpn_ms-crop-3x_coco), for
+mmdet 3.x / mmseg 1.x: no key changes between those versions, meta becomes dataset_meta, the
+mmcv 1.x optimizer state is dropped (see dinat_backbone/task_checkpoint.py). With --config, every
+key and shape is checked against that config's model. Loading such a file with load_from or
+tools/test.py does the same conversion by itself; this is for shipping or inspecting one.
 """
 
 
@@ -45,13 +53,53 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              "'backbone.' (whole-model load_from)")
     parser.add_argument('--keep-classifier', action='store_true',
                         help='keep the ImageNet classifier as norm.*/head.* (for DiNATClassifier)')
-    return parser.parse_args(argv)
+    parser.add_argument('--task', action='store_true',
+                        help='SRC is a whole detector/segmentor (e.g. a published mmdet 2.x / '
+                             'mmseg 0.x model): convert it for mmdet 3.x / mmseg 1.x')
+    parser.add_argument('--config', default=None,
+                        help='with --task: check every key and shape against this config\'s model')
+    args = parser.parse_args(argv)
+    if args.task and (args.arch or args.prefix or args.keep_classifier):
+        parser.error('--task converts a whole model: --arch, --prefix and --keep-classifier '
+                     'apply to backbone checkpoints only')
+    if args.config is not None and not args.task:
+        parser.error('--config goes with --task')
+    return args
+
+
+def convert_task(args: argparse.Namespace) -> int:
+    """``--task``: convert a whole-model checkpoint (and check it against ``--config``)."""
+    import dinat_backbone
+    from dinat_backbone.checkpoint import read_checkpoint
+    from dinat_backbone.task_checkpoint import (OLD_LAYOUTS, check_task_state_dict,
+                                                convert_task_checkpoint)
+
+    state_dict, report = convert_task_checkpoint(read_checkpoint(args.src))
+    report.source = args.src
+    if args.config is not None:
+        sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+        from mmengine.registry import DefaultScope
+        from train import load_config  # registers the config's codebase
+        cfg = load_config(args.config)
+        registry = importlib.import_module(f'{cfg.default_scope}.registry').MODELS
+        with DefaultScope.overwrite_default_scope(cfg.default_scope):
+            check_task_state_dict(state_dict, registry.build(cfg.model), report)
+    meta = report.meta
+    if report.layout in OLD_LAYOUTS:
+        meta['converted_from']['by'] = (f'dinat_backbone {dinat_backbone.__version__} '
+                                        'tools/convert_checkpoint.py --task')
+    os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
+    torch.save({'state_dict': state_dict, 'meta': meta}, args.dst)
+    print(f'{report.summary()}\n-> {args.dst}: {len(state_dict)} tensors')
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Convert ``args.src`` to ``args.dst``; returns the exit status."""
     args = parse_args(argv)
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+    if args.task:
+        return convert_task(args)
     import dinat_backbone
     from dinat_backbone.checkpoint import (check_variant, convert_to_backbone,
                                            convert_to_reference, infer_arch, read_checkpoint,

@@ -1,0 +1,15 @@
+# Cascade Mask R-CNN (4conv1fc GIoU heads) + DiNAT-Tiny, COCO, 3x multi-scale crop schedule
+# (paper: 52.2 box / 45.1 mask AP).
+_base_ = [
+    './_base_/models/cascade-mask-rcnn_dinat_fpn_4conv1fc-giou.py',
+    './_base_/coco-instance_ms-crop-3x_adamw.py'
+]
+model = dict(
+    backbone=dict(
+        arch='tiny',
+        drop_path_rate=0.3,
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/'
+            'dinat_tiny_in1k_224.pth')),
+    neck=dict(in_channels=[64, 128, 256, 512]))
