@@ -5,6 +5,7 @@ and applies the compatibility fixes of :mod:`dinat_backbone.compat`. Configs loa
 ``custom_imports = dict(imports=['dinat_backbone'], allow_failed_imports=False)``.
 """
 from . import compat  # noqa: F401  (registers mmengine checkpoint loaders)
+from . import task_checkpoint  # noqa: F401  (registers TaskCheckpointHook)
 from .models import DiNAT, dilation_preset
 from .ops import na2d
 from .registry import register_all
