@@ -2,6 +2,9 @@
 PY := .venv/bin/python
 DEMO_CONFIG := configs/segmentation/sample/upernet_dinat_sample_ade20k.py
 DEMO_WORK_DIR := work_dirs/demo
+# The demo model and the test models are tiny: one thread per process is fastest, and it keeps
+# the multi-process tests (2-process DDP, tool subprocesses) from oversubscribing small machines.
+THREADS := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 
 .PHONY: setup demo test
 
@@ -10,8 +13,8 @@ setup:
 
 # Train UPerNet-DiNAT on the embedded ADE20K-format sample, evaluate mIoU, report outputs.
 demo: setup
-	$(PY) tools/make_sample_data.py --out data/sample
-	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_WORK_DIR)
+	$(THREADS) $(PY) tools/make_sample_data.py --out data/sample
+	$(THREADS) $(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_WORK_DIR)
 
 test: setup
-	$(PY) -m pytest
+	$(THREADS) $(PY) -m pytest

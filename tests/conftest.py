@@ -178,3 +178,44 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, (
         f'exit code {result.returncode}\n--- stdout ---\n{result.stdout[-4000:]}'
         f'\n--- stderr ---\n{result.stderr[-4000:]}')
+
+
+# The README demo's config (UPerNet + small DiNAT), pointed at this session's sample data.
+SAMPLE_SEG_CONFIG = REPO_ROOT / 'configs' / 'segmentation' / 'sample' / \
+    'upernet_dinat_sample_ade20k.py'
+SAMPLE_TRAIN_ITERS = 100
+
+
+@pytest.fixture(scope='session')
+def sample_seg_config(sample_data_root: Dict[str, str],
+                      tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Path of a config inheriting the demo config, reading the session's ADE20K sample."""
+    path = tmp_path_factory.mktemp('configs') / 'upernet_dinat_sample.py'
+    path.write_text(
+        f'_base_ = [{str(SAMPLE_SEG_CONFIG)!r}]\n'
+        f'data_root = {sample_data_root["ade20k"]!r}\n'
+        'train_dataloader = dict(dataset=dict(data_root=data_root))\n'
+        'val_dataloader = dict(dataset=dict(data_root=data_root))\n'
+        'test_dataloader = val_dataloader\n'
+        f'train_cfg = dict(max_iters={SAMPLE_TRAIN_ITERS}, val_interval={SAMPLE_TRAIN_ITERS})\n'
+        f'default_hooks = dict(checkpoint=dict(interval={SAMPLE_TRAIN_ITERS}))\n')
+    return str(path)
+
+
+@pytest.fixture(scope='session')
+def trained_sample(sample_seg_config: str,
+                   tmp_path_factory: pytest.TempPathFactory) -> Dict[str, object]:
+    """The demo's UPerNet-DiNAT trained once per session through tools/train.py; its work dir,
+    checkpoint, log and final validation metrics, shared by the tests that need a trained model.
+    """
+    import json
+    work_dir = tmp_path_factory.mktemp('trained_sample')
+    result = run_script('train.py', [sample_seg_config, '--work-dir', str(work_dir)],
+                        timeout=900)
+    assert_ok(result)
+    scalars = sorted(work_dir.glob('*/vis_data/scalars.json'))[-1]
+    metrics = [json.loads(line) for line in scalars.read_text().splitlines()]
+    val = [m for m in metrics if 'mIoU' in m][-1]
+    return dict(work_dir=work_dir, config=sample_seg_config,
+                checkpoint=work_dir / f'iter_{SAMPLE_TRAIN_ITERS}.pth',
+                log=result.stdout + result.stderr, metrics=val)

@@ -1,0 +1,28 @@
+"""The headline job end to end: UPerNet-DiNAT trained on the ADE20K-format sample with
+tools/train.py (the session's `trained_sample`), evaluated, and re-evaluated by tools/test.py."""
+import json
+import re
+
+from conftest import SAMPLE_TRAIN_ITERS, assert_ok
+
+
+def test_sample_training_beats_chance(trained_sample):
+    """6 classes: predicting one class everywhere gives at most ~1/6 mIoU (about 10 here)."""
+    metrics = trained_sample['metrics']
+    assert metrics['step'] == SAMPLE_TRAIN_ITERS
+    assert metrics['mIoU'] > 25.0, metrics
+    assert metrics['aAcc'] > 60.0, metrics
+    log = trained_sample['log']
+    assert 'DiNAT' in log  # the model summary names our backbone
+    assert trained_sample['checkpoint'].is_file()
+    assert f'latest:      {trained_sample["checkpoint"]}' in log
+
+
+def test_test_tool_reproduces_the_training_evaluation(trained_sample, run_tool, tmp_path):
+    result = run_tool('test.py', [trained_sample['config'], str(trained_sample['checkpoint']),
+                                  '--work-dir', str(tmp_path)])
+    assert_ok(result)
+    metrics = json.loads(next(tmp_path.glob('*/*.json')).read_text())
+    for key in ('aAcc', 'mIoU', 'mAcc'):
+        assert metrics[key] == trained_sample['metrics'][key], key
+    assert re.search(r'mIoU:\s*[\d.]+', result.stdout + result.stderr)
