@@ -13,15 +13,13 @@ Example:
     python tools/benchmark_op.py --levels 1 2 --skip natten
 """
 import argparse
-import gc
 import platform
-import statistics
-import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from dinat_backbone.benchmark_utils import measure
 from dinat_backbone.ops import na2d
 
 # DiNAT-Tiny at 512x512: (map size, channels, heads, ADE20K dilations used at that level)
@@ -32,46 +30,6 @@ TINY_LEVELS = {
     4: (16, 512, 16, (1, 2)),
 }
 KERNEL = 7
-
-
-def peak_rss_reset() -> None:
-    """Reset the process' peak resident memory (Linux); torch has no CPU memory stats."""
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-    except OSError:
-        pass
-
-
-def peak_rss_mib() -> float:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmHWM:'):
-                return int(line.split()[1]) / 1024
-    return float('nan')
-
-
-def measure(fn: Callable[[], None], repeats: int, device: torch.device) -> Tuple[float, float]:
-    """Median wall time (ms) over ``repeats`` after one warm-up, and peak memory (MiB)."""
-    fn()
-    gc.collect()
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        peak_rss_reset()
-        base = peak_rss_mib() * 2**20
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    peak = (torch.cuda.max_memory_allocated() if device.type == 'cuda'
-            else peak_rss_mib() * 2**20)
-    return statistics.median(times), (peak - base) / 2**20
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor,

@@ -73,21 +73,30 @@ class NeighborhoodAttention2D(BaseModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``[B, H, W, C]`` -> ``[B, H, W, C]``."""
         batch, height, width, channels = x.shape
-        # sym_max keeps the padding symbolic when exported with dynamic height/width.
-        pad_h = torch.sym_max(0, self.kernel_size[0] * self.dilation[0] - height)
-        pad_w = torch.sym_max(0, self.kernel_size[1] * self.dilation[1] - width)
-        # When exporting, pad unconditionally (by 0 where not needed): a branch on the size
-        # would fix the graph to one side of the threshold.
-        padded = torch.compiler.is_exporting() or pad_h > 0 or pad_w > 0
+        if torch.jit.is_tracing():
+            # torch.jit.trace (used by mmengine's FLOP analysis) records sizes as tensors,
+            # which sym_max rejects; a traced graph has fixed sizes anyway.
+            height, width = int(height), int(width)
+        # The padded size as max(size, k*d): symbolic when exported with dynamic height/width,
+        # in a form whose lower bound (k*d, which na2d checks) the exporter can prove.
+        padded_h = torch.sym_max(height, self.kernel_size[0] * self.dilation[0])
+        padded_w = torch.sym_max(width, self.kernel_size[1] * self.dilation[1])
+        # When exporting, pad and crop unconditionally (by 0 where not needed): a branch on the
+        # size would fix the graph to one side of the threshold.
+        exporting = torch.compiler.is_exporting()
+        padded = exporting or padded_h > height or padded_w > width
         if padded:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        qkv = self.qkv(x).reshape(batch, height + pad_h, width + pad_w, 3, self.num_heads,
-                                  self.head_dims)
+            x = F.pad(x, (0, 0, 0, padded_w - width, 0, padded_h - height))
+        qkv = self.qkv(x).reshape(batch, padded_h, padded_w, 3, self.num_heads, self.head_dims)
         q, k, v = qkv.unbind(3)
         x = na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale,
                  attn_drop=self.attn_drop_rate if self.training else 0.)
-        x = x.reshape(batch, height + pad_h, width + pad_w, channels)
-        if padded:
+        x = x.reshape(batch, padded_h, padded_w, channels)
+        if exporting:
+            # Whether a crop is contiguous depends on whether it removed anything; export would
+            # guard on that (fixing the graph to one case), so take a contiguous copy.
+            x = x[:, :height, :width].clone(memory_format=torch.contiguous_format)
+        elif padded:
             x = x[:, :height, :width]
         return self.proj_drop(self.proj(x))
 
