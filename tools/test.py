@@ -22,11 +22,11 @@ import warnings
 from copy import deepcopy
 from typing import Any, Optional, Sequence
 
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import Config, ConfigDict
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # tools/ (also when imported)
-from train import (check_dataset_paths, load_config, set_work_dir,  # noqa: E402
-                   setup_distributed)
+from train import (add_common_args, check_dataset_paths, load_config,  # noqa: E402
+                   parse_with_local_rank, set_work_dir, setup_distributed)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -48,24 +48,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         'work_dir/timestamp)')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-        help='job launcher')
     parser.add_argument('--tta', action='store_true', help='test time augmentation')
-    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_common_args(parser)
+    return parse_with_local_rank(parser, argv)
 
 
 def _trigger_visualization(cfg: Config, args: argparse.Namespace, scope: str) -> None:
