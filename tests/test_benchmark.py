@@ -1,5 +1,6 @@
 """FLOP counting (neighbourhood attention and Swin's window attention counted alike, checked
-against hand-computed counts) and tools/benchmark.py end to end on tiny inputs."""
+against hand-computed counts), memory measurement in clean worker processes, and
+tools/benchmark.py end to end on tiny inputs."""
 import importlib.util
 import re
 from types import ModuleType
