@@ -1,13 +1,18 @@
 """The DiNA operator against independent oracles: a naive neighbour-list attention written
-here from the published semantics, NATTEN 0.17.5's saved outputs, and NATTEN 0.21's na2d."""
+here from the published semantics, NATTEN 0.17.5's saved outputs, and NATTEN 0.21's na2d.
+Both implementations are checked: the compiled CPU kernels and the tiled pure-PyTorch one."""
 import itertools
+import os
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
-from dinat_backbone.ops import na2d, na2d_gather, na2d_tiled, select_backend
+from dinat_backbone.ops import na2d, na2d_cpu, na2d_gather, na2d_tiled, select_backend
+from dinat_backbone.ops.cpu_kernels import cpu_kernels
 from na_oracle import neighbours, oracle
 
 DATA = Path(__file__).parent / 'data'
@@ -38,6 +43,7 @@ GRID = [
 
 
 IMPLEMENTATIONS = {
+    'cpu': na2d_cpu,  # the compiled kernels (generic head-dim path: D <= 5 here)
     'tile1': partial(na2d_tiled, tile=1),
     'tile3': partial(na2d_tiled, tile=3),
     'tile8': partial(na2d_tiled, tile=8),
@@ -62,9 +68,75 @@ def test_forward_and_gradients_match_oracle(shape, kernel, dilation, impl):
     torch.testing.assert_close(inputs[3].grad, expected_inputs[3].grad, rtol=0, atol=1e-10)
 
 
-def test_without_rpb_matches_oracle():
+@pytest.mark.parametrize('shape,kernel,dilation', [
+    ((1, 12, 13, 2, 32), 5, 2), ((2, 10, 9, 1, 16), 3, 1), ((1, 9, 11, 2, 64), 7, 1)])
+def test_cpu_kernels_simd_head_dims_match_oracle(shape, kernel, dilation):
+    """Head dims 16/32/64 take the kernels' SIMD path; inputs are views of one qkv tensor,
+    as in the attention layer (strided, contiguous only in the head dim)."""
+    gen = torch.Generator().manual_seed(shape[-1])
+    qkv = torch.randn(*shape[:3], 3, *shape[3:], generator=gen, dtype=torch.float64)
+    rpb = torch.randn(shape[3], 2 * kernel - 1, 2 * kernel - 1, generator=gen, dtype=torch.float64)
+    leaf, expected_leaf = qkv.clone().requires_grad_(), qkv.clone().requires_grad_()
+    rpb_leaf, expected_rpb = rpb.clone().requires_grad_(), rpb.clone().requires_grad_()
+    out = na2d_cpu(*leaf.unbind(3), kernel, dilation, rpb=rpb_leaf)
+    expected = oracle(*expected_leaf.unbind(3), kernel, dilation, rpb=expected_rpb)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    grad_out = torch.randn_like(out)
+    (out * grad_out).sum().backward()
+    (expected * grad_out).sum().backward()
+    torch.testing.assert_close(leaf.grad, expected_leaf.grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(rpb_leaf.grad, expected_rpb.grad, rtol=0, atol=1e-10)
+    out32 = na2d_cpu(*qkv.float().unbind(3), kernel, dilation, rpb=rpb.float())
+    torch.testing.assert_close(out32.double(), expected, rtol=0, atol=1e-5)
+
+
+def test_cpu_kernels_do_not_depend_on_thread_count():
+    """Every kernel, forward and backward, gives the same bits on 1 and 2 threads."""
+    from dinat_backbone.ops.cpu_kernels import _tables
+    gen = torch.Generator().manual_seed(5)
+    x, y = (torch.randn(2, 30, 20, 2, 32, generator=gen) for _ in range(2))
+    w = torch.randn(2, 30, 20, 2, 49, generator=gen)
+    rpb = torch.randn(2, 13, 13, generator=gen)
+    rows, cols, ops = _tables(30, 7, 2), _tables(20, 7, 2), cpu_kernels()
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append([
+                ops.neighbour_dot(x, y, rows.keys, cols.keys, 0.5, rpb, rows.bias, cols.bias),
+                ops.neighbour_weighted_sum(w, y, rows.keys, cols.keys, 0.5),
+                ops.neighbour_scatter(w, x, rows.keys, cols.keys, 2, 0.5),
+                ops.rpb_grad(w, rows.bias, cols.bias)])
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+
+
+def test_cpu_kernels_fall_back_when_the_build_fails(tmp_path):
+    """No working compiler: a warning names the failure and na2d runs the tiled version."""
+    script = (
+        'import warnings, torch\n'
+        'from dinat_backbone.ops import na2d, select_backend\n'
+        'q = torch.randn(1, 16, 16, 2, 8)\n'
+        'with warnings.catch_warnings(record=True) as caught:\n'
+        '    warnings.simplefilter("always")\n'
+        '    backend = select_backend(q, None, dilation=1)\n'
+        'print(backend, any("could not build the CPU" in str(w.message) for w in caught))\n'
+        'print(tuple(na2d(q, q, q, 7).shape))\n')
+    env = dict(os.environ, CXX='false', DINAT_EXTENSIONS_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split('\n')[:2] == ['torch True', '(1, 16, 16, 2, 8)']
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'torch'])
+def test_without_rpb_matches_oracle(backend):
     q, k, v, _ = random_case((2, 13, 11, 2, 4), 5, with_rpb=False)
-    torch.testing.assert_close(na2d(q, k, v, 5, (2, 1)), oracle_rect(q, k, v), rtol=0, atol=1e-10)
+    torch.testing.assert_close(na2d(q, k, v, 5, (2, 1), backend=backend), oracle_rect(q, k, v),
+                               rtol=0, atol=1e-10)
 
 
 def oracle_rect(q, k, v):
@@ -79,15 +151,17 @@ def oracle_rect(q, k, v):
     return torch.einsum('bhyxij,bijhd->byxhd', attn, v)
 
 
-def test_gradcheck():
+@pytest.mark.parametrize('backend', ['cpu', 'torch'])
+def test_gradcheck(backend):
     q, k, v, rpb = random_case((1, 9, 8, 2, 3), 3, seed=3)
     inputs = tuple(t.requires_grad_() for t in (q, k, v, rpb))
     assert torch.autograd.gradcheck(
-        lambda q, k, v, rpb: na2d(q, k, v, 3, 2, rpb=rpb), inputs, eps=1e-6, atol=1e-8,
-        fast_mode=True)
+        lambda q, k, v, rpb: na2d(q, k, v, 3, 2, rpb=rpb, backend=backend), inputs, eps=1e-6,
+        atol=1e-8, fast_mode=True)
 
 
-def test_matches_natten_0_17_5_outputs():
+@pytest.mark.parametrize('backend', ['cpu', 'torch'])
+def test_matches_natten_0_17_5_outputs(backend):
     """Six cases saved from NATTEN 0.17.5 (the last release with rpb), layout [B, heads, H, W, D]."""
     cases = torch.load(DATA / 'natten_0.17.5_na2d_rpb.pt', weights_only=True)['cases']
     assert len(cases) == 6
@@ -95,7 +169,8 @@ def test_matches_natten_0_17_5_outputs():
         kernel, dilation = int(case['kernel_size']), int(case['dilation'])
         q, k, v = (case[n].permute(0, 2, 3, 1, 4).clone().requires_grad_() for n in 'qkv')
         rpb = case['rpb'].clone().requires_grad_()
-        out = na2d(q, k, v, kernel, dilation, rpb=rpb, scale=q.shape[-1] ** -0.5)
+        out = na2d(q, k, v, kernel, dilation, rpb=rpb, scale=q.shape[-1] ** -0.5,
+                   backend=backend)
         out = out.permute(0, 3, 1, 2, 4)
         torch.testing.assert_close(out, case['out'], rtol=0, atol=1e-12)
         (out * case['grad_out']).sum().backward()
@@ -112,8 +187,9 @@ def test_matches_natten_0_21_without_rpb(shape, kernel, dilation):
     import natten
     q, k, v, _ = random_case(shape, kernel, dtype=torch.float32, with_rpb=False)
     expected = natten.na2d(q, k, v, kernel_size=kernel, dilation=dilation)
-    torch.testing.assert_close(na2d(q, k, v, kernel, dilation, backend='torch'), expected,
-                               rtol=0, atol=1e-5)
+    for backend in ('cpu', 'torch'):
+        torch.testing.assert_close(na2d(q, k, v, kernel, dilation, backend=backend), expected,
+                                   rtol=0, atol=1e-5)
     torch.testing.assert_close(na2d(q, k, v, kernel, dilation, backend='natten'), expected,
                                rtol=0, atol=0)
 
@@ -130,11 +206,16 @@ def test_float32_and_bfloat16_against_float64_oracle():
 
 
 def test_backend_selection_is_visible():
-    q = torch.zeros(1, 8, 8, 1, 4)
+    assert cpu_kernels() is not None, 'the CPU kernels must build on the test machine'
+    q = torch.zeros(1, 20, 20, 1, 4)
     rpb = torch.zeros(1, 5, 5)
-    assert select_backend(q, rpb) == 'torch'
-    assert select_backend(q, None) == 'torch'  # CPU: NATTEN has no fused kernels here
+    assert select_backend(q, rpb) == 'cpu'
+    assert select_backend(q, None) == 'cpu'  # CPU: NATTEN has no fused kernels here
+    assert select_backend(q, rpb, dilation=2) == 'cpu'  # dilation groups of 10 > one tile
+    assert select_backend(q, rpb, dilation=3) == 'torch'  # groups of <= 7: one dense tile each
+    assert select_backend(q.bfloat16(), rpb) == 'torch'  # the kernels take float32/float64
     assert select_backend(q, None, 'natten') == 'natten'
+    assert select_backend(q, rpb, 'torch') == 'torch'
     with pytest.raises(ValueError, match='no relative positional bias'):
         select_backend(q, rpb, 'natten')
     with pytest.raises(ValueError, match='backend must be'):

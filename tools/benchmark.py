@@ -74,11 +74,14 @@ QUICK_SCALING = (64, 128, 256)
 KERNEL = 7
 # Per-image operators whose FLOPs are attention (QK and AV): ours, and Swin's matmuls.
 ATTENTION_OPERATORS = ('na2d_counted', 'matmul')
-# Kind of work of the ATen operators in a DiNAT profile (self time); the rest is "other":
-# views, transposes, cat/stack, dispatch bookkeeping.
+# Kind of work of the operators in a DiNAT profile (self time); the rest is "other": views,
+# transposes, cat/stack, dispatch bookkeeping. The attention operator is our CPU kernels
+# (dinat_na2d::) or, where the tiled implementation runs, its gathers and batched matmuls.
+PROFILED_NAMESPACES = ('aten::', 'dinat_na2d::')
 PROFILE_CATEGORIES = {
-    'attention operator (tile gathers, bias, QK/AV matmuls, softmax)': (
-        'aten::index_select', 'aten::index_select_backward', 'aten::index_add_', 'aten::index',
+    'attention operator (neighbour kernels, tile gathers, bias, QK/AV, softmax)': (
+        'dinat_na2d::neighbour_dot', 'dinat_na2d::neighbour_weighted_sum',
+        'dinat_na2d::neighbour_scatter', 'dinat_na2d::rpb_grad', 'aten::index_select', 'aten::index_select_backward', 'aten::index_add_', 'aten::index',
         'aten::index_put_', 'aten::_index_put_impl_', 'aten::bmm', 'aten::baddbmm',
         'aten::_softmax', 'aten::_softmax_backward_data'),
     'linear layers (qkv, proj, MLP)': ('aten::addmm', 'aten::mm'),
@@ -413,10 +416,10 @@ def profile(args: argparse.Namespace, device: torch.device, top: int = 15) -> No
                                            else [])
     with torch.profiler.profile(activities=activities) as prof:
         step()
-    events = [e for e in prof.key_averages() if e.key.startswith('aten::')]
+    events = [e for e in prof.key_averages() if e.key.startswith(PROFILED_NAMESPACES)]
     total = sum(e.self_cpu_time_total for e in events)
     print(f'\n## Profile: DiNAT-T forward+backward at {height}x{width} ({preset}), batch 1 '
-          f'(torch.profiler, ATen operators by self CPU time, total {total / 1e3:.0f} ms)\n')
+          f'(torch.profiler, ATen and DiNA-kernel operators by self CPU time, total {total / 1e3:.0f} ms)\n')
     print('| operator | self CPU % | self CPU ms | calls |')
     print('|---|---|---|---|')
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:

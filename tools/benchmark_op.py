@@ -2,7 +2,10 @@
 
 In one process, per shape (level map, heads, head dim, kernel 7, ADE20K dilations), it times
 forward and forward+backward and measures peak memory of:
-  ours      dinat_backbone.ops.na2d with rpb (what the backbone runs)
+  ours      dinat_backbone.ops.na2d with rpb (what the backbone runs: on the CPU, the
+            compiled kernels of dinat_backbone.ops.cpu_kernels)
+  tiled     our tiled pure-PyTorch implementation (na2d backend='torch'; the fallback, and
+            the CPU path before the compiled kernels)
   natten    natten.na2d forward, no rpb (NATTEN 0.21 has no rpb and no CPU backward)
   naive     full H*W x H*W attention with a -inf neighbourhood mask (only where it fits)
   window    Swin-style 7x7 window attention with rpb on the same map (same FLOPs as NA)
@@ -100,6 +103,13 @@ def run_case(level: int, dilation: int, args: argparse.Namespace, device: torch.
         results['ours fwd'] = measure(lambda: ours(q, k, v, rpb), args.repeats, device)
     results['ours fwd+bwd'] = measure(fwd_bwd(ours), args.repeats, device)
 
+    if 'tiled' not in args.skip:
+        tiled = lambda q, k, v, rpb: na2d(q, k, v, KERNEL, dilation, rpb=rpb,  # noqa: E731
+                                          backend='torch')
+        with torch.no_grad():
+            results['tiled fwd'] = measure(lambda: tiled(q, k, v, rpb), args.repeats, device)
+        results['tiled fwd+bwd'] = measure(fwd_bwd(tiled), args.repeats, device)
+
     window = window_attention
     with torch.no_grad():
         results['window fwd'] = measure(lambda: window(q, k, v, rpb), args.repeats, device)
@@ -125,7 +135,7 @@ def main() -> None:
                         choices=sorted(TINY_LEVELS), help='DiNAT-Tiny levels to run')
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per measurement')
-    parser.add_argument('--skip', nargs='*', default=[], choices=['natten', 'naive'],
+    parser.add_argument('--skip', nargs='*', default=[], choices=['natten', 'naive', 'tiled'],
                         help='peers to leave out (natten takes ~40 s per 128x128 call on CPU)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
@@ -138,10 +148,11 @@ def main() -> None:
           f'batch {args.batch}')
     print(f'torch {torch.__version__}, device {device} ({platform.processor() or "cpu"}), '
           f'{torch.get_num_threads()} threads, median of {args.repeats} runs (natten: 1 run)\n')
-    print('| level | map | heads x dim | dilation | ours fwd ms | ours fwd+bwd ms | window fwd ms '
-          '| window fwd+bwd ms | natten fwd ms | naive fwd ms | ours peak MiB (fwd / fwd+bwd) '
-          '| fwd / natten | fwd / window | fwd+bwd / fwd |')
-    print('|' + '---|' * 14)
+    print('| level | map | heads x dim | dilation | ours fwd ms | ours fwd+bwd ms | tiled fwd ms '
+          '| tiled fwd+bwd ms | window fwd ms | window fwd+bwd ms | natten fwd ms | naive fwd ms '
+          '| ours peak MiB (fwd / fwd+bwd) | fwd / window | fwd+bwd / window | fwd / tiled '
+          '| fwd+bwd / tiled | fwd / natten | fwd+bwd / fwd |')
+    print('|' + '---|' * 19)
     for level in args.levels:
         size, channels, heads, dilations = TINY_LEVELS[level]
         for dilation in dilations:
@@ -154,11 +165,15 @@ def main() -> None:
                 return f'{r[a][0] / r[b][0]:.2f}x' if r.get(a) and r.get(b) else '-'
 
             print(f'| {level} | {size}x{size} | {heads}x{channels // heads} | {dilation} '
-                  f'| {t("ours fwd")} | {t("ours fwd+bwd")} | {t("window fwd")} '
-                  f'| {t("window fwd+bwd")} | {t("natten fwd")} | {t("naive fwd")} '
+                  f'| {t("ours fwd")} | {t("ours fwd+bwd")} | {t("tiled fwd")} '
+                  f'| {t("tiled fwd+bwd")} | {t("window fwd")} | {t("window fwd+bwd")} '
+                  f'| {t("natten fwd")} | {t("naive fwd")} '
                   f'| {r["ours fwd"][1]:.0f} / {r["ours fwd+bwd"][1]:.0f} '
-                  f'| {ratio("ours fwd", "natten fwd")} | {ratio("ours fwd", "window fwd")} '
-                  f'| {ratio("ours fwd+bwd", "ours fwd")} |', flush=True)
+                  f'| {ratio("ours fwd", "window fwd")} '
+                  f'| {ratio("ours fwd+bwd", "window fwd+bwd")} '
+                  f'| {ratio("ours fwd", "tiled fwd")} | {ratio("ours fwd+bwd", "tiled fwd+bwd")} '
+                  f'| {ratio("ours fwd", "natten fwd")} | {ratio("ours fwd+bwd", "ours fwd")} |',
+                  flush=True)
 
 
 if __name__ == '__main__':

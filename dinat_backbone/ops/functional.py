@@ -1,4 +1,5 @@
-"""2-D (dilated) neighbourhood attention with relative positional bias, in pure PyTorch.
+"""2-D (dilated) neighbourhood attention with relative positional bias: :func:`na2d`, the choice
+of its backend, and its pure-PyTorch implementations (tiled for eager code, gather for export).
 
 Semantics (per axis of length ``L``, odd kernel ``k``, dilation ``d``), as in NATTEN <= 0.17:
 query ``i`` belongs to dilation group ``g = i % d`` (the sub-grid ``g, g + d, ...`` of length
@@ -7,9 +8,12 @@ query ``i`` belongs to dilation group ``g = i % d`` (the sub-grid ``g, g + d, ..
 borders and every query sees exactly ``k`` keys per axis. The bias for key position ``n`` of the
 group is ``rpb[n - p + k - 1]``; 2-D attention is the product of the two axes.
 
-Implementation: queries of each dilation group are cut into tiles of ``T`` consecutive positions
-per axis. The keys of a tile's windows all lie in a halo of ``T + k - 1`` positions, so each tile
-is one small dense attention (``T*T`` queries against ``(T+k-1)**2`` keys) with an additive
+Backends: NATTEN's fused kernels on CUDA where they apply (no rpb), our compiled CPU kernels
+(:mod:`.cpu_kernels`), and the tiled implementation below for everything else.
+
+Tiled implementation: queries of each dilation group are cut into tiles of ``T`` consecutive
+positions per axis. The keys of a tile's windows all lie in a halo of ``T + k - 1`` positions, so
+each tile is one small dense attention (``T*T`` queries against ``(T+k-1)**2`` keys) with an additive
 bias that carries the rpb for the neighbours and ``-inf`` elsewhere. All index arithmetic is
 done once per axis (``O(L * T)``) and cached per shape, so the hot path is three gathers, two
 batched matmuls and a softmax, and peak extra memory is ``O(H * W * heads * (T + k - 1)**2)``:
@@ -22,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import IntOrPair, check_dilation, check_inputs, check_kernel_size
+from .cpu_kernels import CPU_DTYPES, cpu_kernels, na2d_cpu
+from .windows import axis_neighbours
 
 __all__ = ['na2d', 'na2d_tiled', 'na2d_gather', 'select_backend']
 
@@ -167,17 +173,6 @@ def na2d_tiled(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     return out.index_select(1, plan.rows.inverse).index_select(2, plan.cols.inverse)
 
 
-def _axis_neighbours(length: int, kernel: int, dilation: int, device: torch.device
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per query of one axis, its ``kernel`` key positions and their rpb indices, ``[L, k]``."""
-    i = torch.arange(length, device=device)
-    group, pos = i % dilation, i // dilation
-    group_len = (length - group + dilation - 1) // dilation
-    start = torch.minimum((pos - kernel // 2).clamp(min=0), group_len - kernel)
-    window = start[:, None] + torch.arange(kernel, device=device)
-    return group[:, None] + dilation * window, window - pos[:, None] + kernel - 1
-
-
 def na2d_gather(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kernel_size: IntOrPair, dilation: IntOrPair = 1,
                 rpb: Optional[torch.Tensor] = None, scale: Optional[float] = None
@@ -193,8 +188,8 @@ def na2d_gather(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
     b, height, width, heads, dim = query.shape
     scale = dim ** -0.5 if scale is None else scale
-    rows, row_bias = _axis_neighbours(height, kernel[0], dil[0], query.device)
-    cols, col_bias = _axis_neighbours(width, kernel[1], dil[1], query.device)
+    rows, row_bias = axis_neighbours(height, kernel[0], dil[0], query.device)
+    cols, col_bias = axis_neighbours(width, kernel[1], dil[1], query.device)
     index_y, index_x = rows[:, None, :, None], cols[None, :, None, :]       # [H, W, kh, kw]
     k = key[:, index_y, index_x].flatten(3, 4)                  # [B, H, W, kh*kw, heads, D]
     v = value[:, index_y, index_x].flatten(3, 4)
@@ -221,26 +216,42 @@ def _natten_fused_available(query: torch.Tensor) -> bool:
     return bool(has_lib)
 
 
+def _groups_fit_one_tile(query: torch.Tensor, dilation: IntOrPair) -> bool:
+    """True when every dilation group is at most one tile per axis: then the tiled version
+    runs each group as one dense attention of <= 64 keys, faster than the neighbour kernels
+    (docs/benchmarks.md). DiNAT's sparse-global layers are usually such (dilation = map / k)."""
+    dil = check_dilation(dilation)
+    return all(-(-length // d) <= DEFAULT_TILE for length, d in zip(query.shape[1:3], dil))
+
+
 def select_backend(query: torch.Tensor, rpb: Optional[torch.Tensor], backend: str = 'auto',
-                   attn_drop: float = 0.0) -> str:
-    """Return ``'natten'`` or ``'torch'``: which implementation :func:`na2d` will run.
+                   attn_drop: float = 0.0, dilation: IntOrPair = 1) -> str:
+    """Return ``'natten'``, ``'cpu'`` or ``'torch'``: which implementation :func:`na2d` runs.
 
     ``auto`` picks NATTEN's fused kernels only when they apply: no rpb and no attention
-    dropout (NATTEN >= 0.20 has neither) and a CUDA tensor with libnatten. ``natten`` forces NATTEN (its CPU path is a slow
-    forward-only reference, useful for testing), ``torch`` forces our implementation.
+    dropout (NATTEN >= 0.20 has neither) and a CUDA tensor with libnatten. On the CPU it picks
+    our compiled kernels (:mod:`~dinat_backbone.ops.cpu_kernels`) for float32/float64 when
+    they build, except where each dilation group fits one tile of the tiled pure-PyTorch
+    implementation (``'torch'``), which is faster there and runs everywhere else.
+    ``natten`` forces NATTEN (its CPU path is a slow forward-only reference, useful for
+    testing), ``cpu`` and ``torch`` force ours.
     """
-    if backend not in ('auto', 'torch', 'natten'):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'natten', got {backend=}.")
+    if backend not in ('auto', 'torch', 'cpu', 'natten'):
+        raise ValueError(f"backend must be 'auto', 'torch', 'cpu' or 'natten', got {backend=}.")
     if backend == 'natten' and rpb is not None:
         raise ValueError('NATTEN >= 0.20 has no relative positional bias; '
                          "use backend='torch' or 'auto' with rpb.")
     if backend == 'natten' and attn_drop > 0.0:
         raise ValueError('NATTEN >= 0.20 has no attention dropout; '
                          "use backend='torch' or 'auto' with attn_drop > 0.")
-    if backend == 'auto':
-        fused = rpb is None and attn_drop == 0.0 and _natten_fused_available(query)
-        return 'natten' if fused else 'torch'
-    return backend
+    if backend != 'auto':
+        return backend
+    if rpb is None and attn_drop == 0.0 and _natten_fused_available(query):
+        return 'natten'
+    if (query.device.type == 'cpu' and query.dtype in CPU_DTYPES
+            and not _groups_fit_one_tile(query, dilation) and cpu_kernels() is not None):
+        return 'cpu'
+    return 'torch'
 
 
 def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -260,7 +271,8 @@ def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         attn_drop (float): dropout probability on the attention weights (pass 0 in eval).
             NATTEN >= 0.20 has no attention dropout, so ``auto`` uses ours when > 0.
             Default: 0.
-        backend (str): ``'auto'``, ``'torch'`` or ``'natten'``, see :func:`select_backend`.
+        backend (str): ``'auto'``, ``'cpu'``, ``'torch'`` or ``'natten'``, see
+            :func:`select_backend`.
 
     Returns:
         Tensor: ``[batch, height, width, heads, head_dim]``.
@@ -279,7 +291,10 @@ def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         check_inputs(query, key, value, check_kernel_size(kernel_size),
                      check_dilation(dilation), rpb)
         return na2d_gather(query, key, value, kernel_size, dilation, rpb, scale)
-    if select_backend(query, rpb, backend, attn_drop) == 'natten':
+    backend = select_backend(query, rpb, backend, attn_drop, dilation)
+    if backend == 'cpu':
+        return na2d_cpu(query, key, value, kernel_size, dilation, rpb, scale, attn_drop)
+    if backend == 'natten':
         import natten
         kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
         check_inputs(query, key, value, kernel, dil, rpb)

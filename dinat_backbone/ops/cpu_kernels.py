@@ -1,0 +1,165 @@
+"""Compiled CPU kernels for :func:`~dinat_backbone.ops.na2d` (``backend='cpu'``).
+
+The tiled PyTorch implementation pays for its dense tiles: a tile of 8x8 queries attends to a
+14x14 halo, 4x the logits of the 7x7 neighbourhood, plus gathers in and out of the tiles
+(docs/benchmarks.md). These kernels (``csrc/na2d_cpu.cpp``) compute exactly the ``k*k``
+neighbours of each query, straight from the heads-last ``[B, H, W, heads, D]`` layout, so
+nothing is gathered or permuted. As in NATTEN <= 0.17, attention is three steps: the logits of
+the neighbours (``[B, H, W, heads, kh*kw]``), rpb + softmax + dropout in PyTorch, and the
+weighted sum of the values; memory stays ``O(H * W * heads * kh*kw)``.
+
+The kernels are compiled on first use with ``torch.utils.cpp_extension`` (about a minute,
+once per machine and torch version; needs a C++ compiler and ninja). If that fails,
+:func:`cpu_kernels` warns once and returns None, and ``na2d`` uses the tiled implementation.
+"""
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import IntOrPair, check_dilation, check_inputs, check_kernel_size
+from .windows import AxisNeighbours, axis_neighbours
+
+__all__ = ['cpu_kernels', 'na2d_cpu', 'CPU_DTYPES']
+
+SOURCE = Path(__file__).parent / 'csrc' / 'na2d_cpu.cpp'
+CPU_DTYPES = (torch.float32, torch.float64)
+
+
+def _build_directory() -> Path:
+    """One build per torch version and CPU: the kernels are compiled for the host's ISA."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        flags = next(line for line in Path('/proc/cpuinfo').read_text().splitlines()
+                     if line.startswith('flags'))
+    except (OSError, StopIteration):
+        flags = ''
+    tag = hashlib.sha1(f'{torch.__version__}|{cpu}|{flags}'.encode()).hexdigest()[:12]
+    root = Path(os.environ.get('DINAT_EXTENSIONS_DIR',
+                               Path.home() / '.cache' / 'dinat-backbone' / 'extensions'))
+    return root / f'na2d_cpu-{tag}'
+
+
+@lru_cache(maxsize=None)
+def cpu_kernels() -> Optional[Any]:
+    """The compiled kernels (``torch.ops.dinat_na2d``), building them if needed; None if the
+    build fails (with a warning naming the error)."""
+    from torch.utils.cpp_extension import load
+    if shutil.which('ninja') is None:  # the pip package's binary, when its venv is not on PATH
+        try:
+            import ninja
+            os.environ['PATH'] = ninja.BIN_DIR + os.pathsep + os.environ.get('PATH', '')
+        except ImportError:
+            pass  # load() then fails with torch's own "Ninja is required" message
+    build_dir = _build_directory()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not any(build_dir.glob('*.so')):
+        print('dinat_backbone: compiling the CPU neighbourhood-attention kernels '
+              f'(once per machine, about a minute) in {build_dir}', file=sys.stderr)
+    flags = ['-O3', '-fopenmp'] + (['-march=native'] if platform.machine() == 'x86_64' else [])
+    try:
+        load(name='dinat_na2d_cpu', sources=[str(SOURCE)], build_directory=str(build_dir),
+             extra_cflags=flags, extra_ldflags=['-fopenmp'], is_python_module=False)
+    except Exception as err:  # no compiler, no ninja, a failed build: fall back, loudly
+        warnings.warn('dinat_backbone: could not build the CPU neighbourhood-attention kernels '
+                      f'({type(err).__name__}: {err}); using the slower tiled PyTorch '
+                      'implementation instead.')
+        return None
+    return torch.ops.dinat_na2d
+
+
+@lru_cache(maxsize=64)
+def _tables(length: int, kernel: int, dilation: int) -> AxisNeighbours:
+    keys, bias = axis_neighbours(length, kernel, dilation, torch.device('cpu'))
+    return AxisNeighbours(keys.contiguous(), bias.contiguous(), dilation)
+
+
+class _NeighbourLogits(torch.autograd.Function):
+    """``scale * <q, k> + rpb`` for every query and each of its neighbours."""
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, rpb: Optional[torch.Tensor],
+                rows: AxisNeighbours, cols: AxisNeighbours, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(query, key)
+        ctx.rows, ctx.cols, ctx.scale = rows, cols, scale
+        return cpu_kernels().neighbour_dot(query, key, rows.keys, cols.keys, scale, rpb,
+                                           rows.bias, cols.bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        query, key = ctx.saved_tensors
+        rows, cols, scale, ops = ctx.rows, ctx.cols, ctx.scale, cpu_kernels()
+        grad = grad.contiguous()
+        grad_query = grad_key = grad_rpb = None
+        if ctx.needs_input_grad[0]:
+            grad_query = ops.neighbour_weighted_sum(grad, key, rows.keys, cols.keys, scale)
+        if ctx.needs_input_grad[1]:
+            grad_key = ops.neighbour_scatter(grad, query, rows.keys, cols.keys, rows.dilation,
+                                             scale)
+        if ctx.needs_input_grad[2]:
+            grad_rpb = ops.rpb_grad(grad, rows.bias, cols.bias)
+        return grad_query, grad_key, grad_rpb, None, None, None
+
+
+class _NeighbourValues(torch.autograd.Function):
+    """The attention-weighted sum of every query's neighbouring values."""
+
+    @staticmethod
+    def forward(ctx: Any, attn: torch.Tensor, value: torch.Tensor, rows: AxisNeighbours,
+                cols: AxisNeighbours) -> torch.Tensor:
+        attn = attn.contiguous()
+        ctx.save_for_backward(attn, value)
+        ctx.rows, ctx.cols = rows, cols
+        return cpu_kernels().neighbour_weighted_sum(attn, value, rows.keys, cols.keys, 1.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        attn, value = ctx.saved_tensors
+        rows, cols, ops = ctx.rows, ctx.cols, cpu_kernels()
+        if grad.stride(-1) != 1:
+            grad = grad.contiguous()
+        grad_attn = grad_value = None
+        if ctx.needs_input_grad[0]:
+            grad_attn = ops.neighbour_dot(grad, value, rows.keys, cols.keys, 1.0, None,
+                                          rows.bias, cols.bias)
+        if ctx.needs_input_grad[1]:
+            grad_value = ops.neighbour_scatter(attn, grad, rows.keys, cols.keys, rows.dilation,
+                                               1.0)
+        return grad_attn, grad_value, None, None
+
+
+def na2d_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             kernel_size: IntOrPair, dilation: IntOrPair = 1,
+             rpb: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+             attn_drop: float = 0.0) -> torch.Tensor:
+    """:func:`~dinat_backbone.ops.na2d` on the compiled CPU kernels (same arguments); float32
+    or float64 CPU tensors. Raises RuntimeError if the kernels could not be built."""
+    kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
+    check_inputs(query, key, value, kernel, dil, rpb)
+    if query.dtype not in CPU_DTYPES or query.device.type != 'cpu':
+        raise TypeError('The CPU kernels take float32 or float64 CPU tensors, got '
+                        f'{query.dtype} on {query.device}.')
+    if cpu_kernels() is None:
+        raise RuntimeError('The CPU neighbourhood-attention kernels could not be built; '
+                           "see the warning above, or use backend='torch'.")
+    b, height, width, heads, dim = query.shape
+    scale = dim ** -0.5 if scale is None else scale
+    rows = _tables(height, kernel[0], dil[0])
+    cols = _tables(width, kernel[1], dil[1])
+    query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+
+    if rpb is not None:
+        rpb = rpb.to(query.dtype)
+    logits = _NeighbourLogits.apply(query, key, rpb, rows, cols, scale)  # [B, H, W, heads, k*k]
+    attn = logits.softmax(-1)
+    if attn_drop > 0.0:
+        attn = F.dropout(attn, p=attn_drop)
+    return _NeighbourValues.apply(attn, value, rows, cols)
