@@ -261,3 +261,15 @@ def test_benchmark_sections():
     kinds = _table(out, 'kind of work')
     assert sum(_number(k[1]) for k in kinds) == pytest.approx(100, abs=0.5)
     assert any(k[0].startswith('attention operator') and _number(k[1]) > 0 for k in kinds)
+
+
+def test_operator_benchmark_runs_its_peers():
+    """tools/benchmark_op.py on the smallest level: a row per dilation, with the backend that
+    na2d picks (the CPU kernels at d=1, the tiled version where a group fits one tile)."""
+    result = run_script('benchmark_op.py', ['--levels', '4', '--repeats', '1',
+                                            '--skip', 'natten', 'naive'], timeout=240)
+    assert_ok(result)
+    rows = _table(result.stdout, 'level')
+    assert [(r[3], r[4]) for r in rows] == [('1', 'cpu'), ('2', 'torch')]
+    for row in rows:
+        assert all(_number(cell) > 0 for cell in row[5:11])  # ours, tiled and window times

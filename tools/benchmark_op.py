@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dinat_backbone.benchmark_utils import measure
-from dinat_backbone.ops import na2d
+from dinat_backbone.ops import na2d, select_backend
 
 # DiNAT-Tiny at 512x512: (map size, channels, heads, ADE20K dilations used at that level)
 TINY_LEVELS = {
@@ -81,7 +81,8 @@ def neighbourhood_mask(size: int, dilation: int, device: torch.device) -> torch.
 
 
 def run_case(level: int, dilation: int, args: argparse.Namespace, device: torch.device
-             ) -> Dict[str, Optional[Tuple[float, float]]]:
+             ) -> Tuple[str, Dict[str, Optional[Tuple[float, float]]]]:
+    """The backend ``na2d`` picks for this shape, and ``{peer and pass: (ms, peak MiB)}``."""
     size, channels, heads, _ = TINY_LEVELS[level]
     dim = channels // heads
     gen = torch.Generator().manual_seed(0)
@@ -125,7 +126,7 @@ def run_case(level: int, dilation: int, args: argparse.Namespace, device: torch.
         with torch.no_grad():
             results['naive fwd'] = measure(lambda: naive_attention(q, k, v, mask), args.repeats,
                                            device)
-    return results
+    return select_backend(q, rpb, dilation=dilation), results
 
 
 def main() -> None:
@@ -148,15 +149,15 @@ def main() -> None:
           f'batch {args.batch}')
     print(f'torch {torch.__version__}, device {device} ({platform.processor() or "cpu"}), '
           f'{torch.get_num_threads()} threads, median of {args.repeats} runs (natten: 1 run)\n')
-    print('| level | map | heads x dim | dilation | ours fwd ms | ours fwd+bwd ms | tiled fwd ms '
-          '| tiled fwd+bwd ms | window fwd ms | window fwd+bwd ms | natten fwd ms | naive fwd ms '
+    print('| level | map | heads x dim | dilation | ours backend | ours fwd ms | ours fwd+bwd ms '
+          '| tiled fwd ms | tiled fwd+bwd ms | window fwd ms | window fwd+bwd ms | natten fwd ms | naive fwd ms '
           '| ours peak MiB (fwd / fwd+bwd) | fwd / window | fwd+bwd / window | fwd / tiled '
           '| fwd+bwd / tiled | fwd / natten | fwd+bwd / fwd |')
-    print('|' + '---|' * 19)
+    print('|' + '---|' * 20)
     for level in args.levels:
         size, channels, heads, dilations = TINY_LEVELS[level]
         for dilation in dilations:
-            r = run_case(level, dilation, args, device)
+            backend, r = run_case(level, dilation, args, device)
 
             def t(key: str) -> str:
                 return f'{r[key][0]:.1f}' if r.get(key) else '-'
@@ -165,6 +166,7 @@ def main() -> None:
                 return f'{r[a][0] / r[b][0]:.2f}x' if r.get(a) and r.get(b) else '-'
 
             print(f'| {level} | {size}x{size} | {heads}x{channels // heads} | {dilation} '
+                  f'| {backend} '
                   f'| {t("ours fwd")} | {t("ours fwd+bwd")} | {t("tiled fwd")} '
                   f'| {t("tiled fwd+bwd")} | {t("window fwd")} | {t("window fwd+bwd")} '
                   f'| {t("natten fwd")} | {t("naive fwd")} '

@@ -288,8 +288,8 @@ def export_onnx(module: nn.Module, out: str, shape: Sequence[int] = (512, 512),
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError as error:
-        raise SystemExit('ONNX export needs onnx and onnxscript: pip install onnx onnxscript '
-                         'onnxruntime') from error
+        raise SystemExit('ONNX export needs onnx, onnxscript and onnxruntime: '
+                         'pip install -e ".[export]"') from error
     module.eval()
     example = torch.randn(1, 3, *shape)
     kwargs = {} if opset is None else dict(opset_version=opset)
