@@ -5,12 +5,13 @@ The tiled PyTorch implementation pays for its dense tiles: a tile of 8x8 queries
 (docs/benchmarks.md). These kernels (``csrc/na2d_cpu.cpp``) compute exactly the ``k*k``
 neighbours of each query, straight from the heads-last ``[B, H, W, heads, D]`` layout, so
 nothing is gathered or permuted. As in NATTEN <= 0.17, attention is three steps: the logits of
-the neighbours (``[B, H, W, heads, kh*kw]``), rpb + softmax + dropout in PyTorch, and the
-weighted sum of the values; memory stays ``O(H * W * heads * kh*kw)``.
+the neighbours with the rpb added (``[B, H, W, heads, kh*kw]``), softmax and dropout in
+PyTorch, and the weighted sum of the values; memory stays ``O(H * W * heads * kh*kw)``.
+:func:`~dinat_backbone.ops.select_backend` says where ``na2d`` uses them.
 
-The kernels are compiled on first use with ``torch.utils.cpp_extension`` (about a minute,
-once per machine and torch version; needs a C++ compiler and ninja). If that fails,
-:func:`cpu_kernels` warns once and returns None, and ``na2d`` uses the tiled implementation.
+The kernels are compiled on first use with ``torch.utils.cpp_extension`` (about 20 s, once per
+machine and torch version; needs a C++ compiler and ninja). If that fails, :func:`cpu_kernels`
+warns once and returns None, and ``na2d`` uses the tiled implementation.
 """
 import hashlib
 import os
@@ -60,15 +61,15 @@ def cpu_kernels() -> Optional[Any]:
         except ImportError:
             pass  # load() then fails with torch's own "Ninja is required" message
     build_dir = _build_directory()
-    build_dir.mkdir(parents=True, exist_ok=True)
-    if not any(build_dir.glob('*.so')):
-        print('dinat_backbone: compiling the CPU neighbourhood-attention kernels '
-              f'(once per machine, about a minute) in {build_dir}', file=sys.stderr)
     flags = ['-O3', '-fopenmp'] + (['-march=native'] if platform.machine() == 'x86_64' else [])
     try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        if not any(build_dir.glob('*.so')):
+            print('dinat_backbone: compiling the CPU neighbourhood-attention kernels '
+                  f'(once per machine, about 20 s) in {build_dir}', file=sys.stderr)
         load(name='dinat_na2d_cpu', sources=[str(SOURCE)], build_directory=str(build_dir),
              extra_cflags=flags, extra_ldflags=['-fopenmp'], is_python_module=False)
-    except Exception as err:  # no compiler, no ninja, a failed build: fall back, loudly
+    except Exception as err:  # no compiler or ninja, unwritable cache, failed build
         warnings.warn('dinat_backbone: could not build the CPU neighbourhood-attention kernels '
                       f'({type(err).__name__}: {err}); using the slower tiled PyTorch '
                       'implementation instead.')
