@@ -19,53 +19,6 @@ def sample_data_root(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]
     return ensure_sample_data(str(tmp_path_factory.mktemp('sample_data')))
 
 
-# A segmentor from mmseg's own base configs, shrunk to run 10 iterations in seconds on CPU:
-# ResNet-18 layout with 8 base channels, 64x64 crops of the ADE20K-format sample.
-TINY_SEG_CONFIG = """\
-_base_ = [
-    'mmseg::_base_/models/fcn_r50-d8.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_20k.py'
-]
-data_root = {data_root!r}
-crop_size = (64, 64)
-norm_cfg = dict(type={norm!r}, requires_grad=True)
-model = dict(
-    data_preprocessor=dict(size=crop_size),
-    pretrained=None,
-    backbone=dict(depth=18, stem_channels=8, base_channels=8, norm_cfg=norm_cfg),
-    decode_head=dict(in_channels=64, channels=16, num_classes=150, norm_cfg=norm_cfg),
-    auxiliary_head=dict(in_channels=32, channels=8, num_classes=150, norm_cfg=norm_cfg))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(128, 64), ratio_range=(0.75, 1.5), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs')
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(128, 64), keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs')
-]
-train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
-param_scheduler = [
-    dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=10, by_epoch=False)
-]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=10, val_interval=10)
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=1, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5))
-env_cfg = dict(cudnn_benchmark=False)
-randomness = dict(seed=0)
-"""
 
 # Mask R-CNN from mmdet's own base configs, shrunk (ResNet-18 layout, 16 base channels,
 # 32-wide FPN and heads, 3 classes) and trained for 4 iterations on the COCO-format sample.
@@ -132,8 +85,8 @@ def write_config(path: Path, template: str, **fields) -> str:
 @pytest.fixture(scope='session')
 def tiny_seg_config(sample_data_root: Dict[str, str],
                     tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Path of the tiny FCN config on the ADE20K-format sample (BN)."""
-    return write_config(tmp_path_factory.mktemp('configs') / 'tiny_fcn_ade_sample.py',
+    """Path of the tiny UPerNet-DiNAT config on the ADE20K-format sample (BN)."""
+    return write_config(tmp_path_factory.mktemp('configs') / 'tiny_dinat_ade_sample.py',
                         TINY_SEG_CONFIG, data_root=sample_data_root['ade20k'], norm='BN')
 
 
@@ -184,6 +137,25 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
 SAMPLE_SEG_CONFIG = REPO_ROOT / 'configs' / 'segmentation' / 'sample' / \
     'upernet_dinat_sample_ade20k.py'
 SAMPLE_TRAIN_ITERS = 100
+
+# The demo's UPerNet + small DiNAT, cut to 10 iterations (checkpoints at 5 and 10, validation at
+# 10) for the tool tests: kill and resume, test.py, 2-process DDP. Fields: data_root and norm
+# (the decode heads' norm: DDP uses SyncBN, which train.py turns into BN on CPU).
+TINY_SEG_CONFIG = f"""\
+_base_ = [{str(SAMPLE_SEG_CONFIG)!r}]
+data_root = {{data_root!r}}
+norm_cfg = dict(type={{norm!r}}, requires_grad=True)
+model = dict(decode_head=dict(norm_cfg=norm_cfg), auxiliary_head=dict(norm_cfg=norm_cfg))
+train_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+param_scheduler = [
+    dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=10, by_epoch=False)
+]
+train_cfg = dict(max_iters=10, val_interval=10)
+default_hooks = dict(
+    logger=dict(interval=1), checkpoint=dict(interval=5, save_best=None))
+"""
 
 
 @pytest.fixture(scope='session')
