@@ -114,6 +114,16 @@ def test_cpu_kernels_do_not_depend_on_thread_count():
         assert torch.equal(one, two)
 
 
+def test_cpu_kernels_refuse_double_backward():
+    """Second derivatives are not implemented: a clear error, not silently wrong gradients
+    (the tiled implementation supports them)."""
+    q, k, v, rpb = (t.requires_grad_() for t in random_case((1, 9, 9, 1, 4), 3))
+    grad_q, = torch.autograd.grad(na2d_cpu(q, k, v, 3, rpb=rpb).square().sum(), q,
+                                  create_graph=True)
+    with pytest.raises(RuntimeError, match='differentiate twice'):
+        grad_q.sum().backward()
+
+
 def test_cpu_kernels_fall_back_when_the_build_fails(tmp_path):
     """No working compiler: a warning names the failure and na2d runs the tiled version."""
     script = (

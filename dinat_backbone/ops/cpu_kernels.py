@@ -25,6 +25,7 @@ from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ._checks import IntOrPair, check_dilation, check_inputs, check_kernel_size
 from .windows import AxisNeighbours, axis_neighbours
@@ -95,6 +96,7 @@ class _NeighbourLogits(torch.autograd.Function):
                                            rows.bias, cols.bias)
 
     @staticmethod
+    @once_differentiable  # the kernels have no derivatives of their own
     def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         query, key = ctx.saved_tensors
         rows, cols, scale, ops = ctx.rows, ctx.cols, ctx.scale, cpu_kernels()
@@ -122,6 +124,7 @@ class _NeighbourValues(torch.autograd.Function):
         return cpu_kernels().neighbour_weighted_sum(attn, value, rows.keys, cols.keys, 1.0)
 
     @staticmethod
+    @once_differentiable  # the kernels have no derivatives of their own
     def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         attn, value = ctx.saved_tensors
         rows, cols, ops = ctx.rows, ctx.cols, cpu_kernels()
