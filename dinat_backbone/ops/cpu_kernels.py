@@ -10,7 +10,7 @@ PyTorch, and the weighted sum of the values; memory stays ``O(H * W * heads * kh
 :func:`~dinat_backbone.ops.select_backend` says where ``na2d`` uses them.
 
 The kernels are compiled on first use with ``torch.utils.cpp_extension`` (about 20 s, once per
-machine and torch version; needs a C++ compiler and ninja). If that fails, :func:`cpu_kernels`
+environment and machine; needs a C++ compiler and ninja). If that fails, :func:`cpu_kernels`
 warns once and returns None, and ``na2d`` uses the tiled implementation.
 """
 import hashlib
@@ -37,14 +37,16 @@ CPU_DTYPES = (torch.float32, torch.float64)
 
 
 def _build_directory() -> Path:
-    """One build per torch version and CPU: the kernels are compiled for the host's ISA."""
+    """One build per environment (its torch headers) and CPU (the kernels are compiled for the
+    host's ISA), so that two environments sharing a home do not rebuild each other's."""
     cpu = platform.processor() or platform.machine()
     try:
         flags = next(line for line in Path('/proc/cpuinfo').read_text().splitlines()
                      if line.startswith('flags'))
     except (OSError, StopIteration):
         flags = ''
-    tag = hashlib.sha1(f'{torch.__version__}|{cpu}|{flags}'.encode()).hexdigest()[:12]
+    key = f'{sys.prefix}|{torch.__version__}|{cpu}|{flags}'
+    tag = hashlib.sha1(key.encode()).hexdigest()[:12]
     root = Path(os.environ.get('DINAT_EXTENSIONS_DIR',
                                Path.home() / '.cache' / 'dinat-backbone' / 'extensions'))
     return root / f'na2d_cpu-{tag}'
@@ -67,7 +69,7 @@ def cpu_kernels() -> Optional[Any]:
         build_dir.mkdir(parents=True, exist_ok=True)
         if not any(build_dir.glob('*.so')):
             print('dinat_backbone: compiling the CPU neighbourhood-attention kernels '
-                  f'(once per machine, about 20 s) in {build_dir}', file=sys.stderr)
+                  f'(once per environment, about 20 s) in {build_dir}', file=sys.stderr)
         load(name='dinat_na2d_cpu', sources=[str(SOURCE)], build_directory=str(build_dir),
              extra_cflags=flags, extra_ldflags=['-fopenmp'], is_python_module=False)
     except Exception as err:  # no compiler or ninja, unwritable cache, failed build
