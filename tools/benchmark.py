@@ -81,7 +81,8 @@ PROFILED_NAMESPACES = ('aten::', 'dinat_na2d::')
 PROFILE_CATEGORIES = {
     'attention operator (neighbour kernels, tile gathers, bias, QK/AV, softmax)': (
         'dinat_na2d::neighbour_dot', 'dinat_na2d::neighbour_weighted_sum',
-        'dinat_na2d::neighbour_scatter', 'dinat_na2d::rpb_grad', 'aten::index_select', 'aten::index_select_backward', 'aten::index_add_', 'aten::index',
+        'dinat_na2d::neighbour_scatter', 'dinat_na2d::rpb_grad', 'aten::index_select',
+        'aten::index_select_backward', 'aten::index_add_', 'aten::index',
         'aten::index_put_', 'aten::_index_put_impl_', 'aten::bmm', 'aten::baddbmm',
         'aten::_softmax', 'aten::_softmax_backward_data'),
     'linear layers (qkv, proj, MLP)': ('aten::addmm', 'aten::mm'),
@@ -419,7 +420,8 @@ def profile(args: argparse.Namespace, device: torch.device, top: int = 15) -> No
     events = [e for e in prof.key_averages() if e.key.startswith(PROFILED_NAMESPACES)]
     total = sum(e.self_cpu_time_total for e in events)
     print(f'\n## Profile: DiNAT-T forward+backward at {height}x{width} ({preset}), batch 1 '
-          f'(torch.profiler, ATen and DiNA-kernel operators by self CPU time, total {total / 1e3:.0f} ms)\n')
+          '(torch.profiler, ATen and DiNA-kernel operators by self CPU time, '
+          f'total {total / 1e3:.0f} ms)\n')
     print('| operator | self CPU % | self CPU ms | calls |')
     print('|---|---|---|---|')
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:

@@ -150,9 +150,9 @@ def main() -> None:
     print(f'torch {torch.__version__}, device {device} ({platform.processor() or "cpu"}), '
           f'{torch.get_num_threads()} threads, median of {args.repeats} runs (natten: 1 run)\n')
     print('| level | map | heads x dim | dilation | ours backend | ours fwd ms | ours fwd+bwd ms '
-          '| tiled fwd ms | tiled fwd+bwd ms | window fwd ms | window fwd+bwd ms | natten fwd ms | naive fwd ms '
-          '| ours peak MiB (fwd / fwd+bwd) | fwd / window | fwd+bwd / window | fwd / tiled '
-          '| fwd+bwd / tiled | fwd / natten | fwd+bwd / fwd |')
+          '| tiled fwd ms | tiled fwd+bwd ms | window fwd ms | window fwd+bwd ms | natten fwd ms '
+          '| naive fwd ms | ours peak MiB (fwd / fwd+bwd) | fwd / window | fwd+bwd / window '
+          '| fwd / tiled | fwd+bwd / tiled | fwd / natten | fwd+bwd / fwd |')
     print('|' + '---|' * 20)
     for level in args.levels:
         size, channels, heads, dilations = TINY_LEVELS[level]

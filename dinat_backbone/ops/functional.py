@@ -13,11 +13,11 @@ Backends: NATTEN's fused kernels on CUDA where they apply (no rpb), our compiled
 
 Tiled implementation: queries of each dilation group are cut into tiles of ``T`` consecutive
 positions per axis. The keys of a tile's windows all lie in a halo of ``T + k - 1`` positions, so
-each tile is one small dense attention (``T*T`` queries against ``(T+k-1)**2`` keys) with an additive
-bias that carries the rpb for the neighbours and ``-inf`` elsewhere. All index arithmetic is
-done once per axis (``O(L * T)``) and cached per shape, so the hot path is three gathers, two
-batched matmuls and a softmax, and peak extra memory is ``O(H * W * heads * (T + k - 1)**2)``:
-no ``(H*W) x (H*W)`` matrix is ever built.
+each tile is one small dense attention (``T*T`` queries against ``(T+k-1)**2`` keys) with an
+additive bias that carries the rpb for the neighbours and ``-inf`` elsewhere. All index
+arithmetic is done once per axis (``O(L * T)``) and cached per shape, so the hot path is three
+gathers, two batched matmuls and a softmax, and peak extra memory is
+``O(H * W * heads * (T + k - 1)**2)``: no ``(H*W) x (H*W)`` matrix is ever built.
 """
 from functools import lru_cache
 from typing import NamedTuple, Optional, Tuple
