@@ -108,7 +108,7 @@ class _NeighbourLogits(torch.autograd.Function):
             grad_query = ops.neighbour_weighted_sum(grad, key, rows.keys, cols.keys, scale)
         if ctx.needs_input_grad[1]:
             grad_key = ops.neighbour_scatter(grad, query, rows.keys, cols.keys, rows.dilation,
-                                             scale)
+                                             cols.dilation, scale)
         if ctx.needs_input_grad[2]:
             grad_rpb = ops.rpb_grad(grad, rows.bias, cols.bias)
         return grad_query, grad_key, grad_rpb, None, None, None
@@ -138,7 +138,7 @@ class _NeighbourValues(torch.autograd.Function):
                                           rows.bias, cols.bias)
         if ctx.needs_input_grad[1]:
             grad_value = ops.neighbour_scatter(attn, grad, rows.keys, cols.keys, rows.dilation,
-                                               1.0)
+                                               cols.dilation, 1.0)
         return grad_attn, grad_value, None, None
 
 

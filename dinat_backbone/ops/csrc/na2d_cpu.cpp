@@ -20,7 +20,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <cstring>
 #include <optional>
 #include <type_traits>
@@ -244,23 +243,37 @@ at::Tensor neighbour_weighted_sum(const at::Tensor& w, const at::Tensor& y, cons
   return out;
 }
 
+// A block of consecutive query positions of one dilation group on one axis.
+struct AxisBlock {
+  int64_t first, last, step;  // source indices first, first + step, ... < last
+};
+
+// A query at position p of its dilation group only reaches keys at p - (k-1) .. p + (k-1) of
+// the same group. So blocks of S = 2(k-1) query positions per axis, taken every other block,
+// write disjoint keys: per axis, blocks of even index, then of odd index.
+std::vector<AxisBlock> axis_blocks(int64_t length, int64_t kernel, int64_t dilation, int parity) {
+  const int64_t S = std::max<int64_t>(2 * (kernel - 1), 1);
+  std::vector<AxisBlock> blocks;
+  for (int64_t g = 0; g < dilation; ++g) {
+    const int64_t group_len = (length - g + dilation - 1) / dilation;
+    for (int64_t t = parity; t * S < group_len; t += 2)
+      blocks.push_back({g + t * S * dilation,
+                        g + std::min((t + 1) * S, group_len) * dilation, dilation});
+  }
+  return blocks;
+}
+
 at::Tensor neighbour_scatter(const at::Tensor& w, const at::Tensor& z, const at::Tensor& nbr_h,
-                             const at::Tensor& nbr_w, int64_t dilation_h, double scale) {
+                             const at::Tensor& nbr_w, int64_t dilation_h, int64_t dilation_w,
+                             double scale) {
   check_features(z, "z");
   const int64_t B = z.size(0), H = z.size(1), W = z.size(2), heads = z.size(3), D = z.size(4);
   check_table(nbr_h, H, "nbr_h");
   check_table(nbr_w, W, "nbr_w");
-  const int64_t kh = nbr_h.size(1), kw = nbr_w.size(1), K = kh * kw, d = dilation_h;
-  TORCH_CHECK(d >= 1 && d * kh <= H, "dilation_h must be in [1, H / kh]");
+  const int64_t kh = nbr_h.size(1), kw = nbr_w.size(1), K = kh * kw;
+  TORCH_CHECK(dilation_h >= 1 && dilation_h * kh <= H && dilation_w >= 1 && dilation_w * kw <= W,
+              "dilations must be in [1, size / kernel] per axis");
   check_weights(w, z, K);
-  // A query at position p of its dilation group only reaches keys at p - (k-1) .. p + (k-1)
-  // of the same group. So blocks of S = 2(k-1) query positions, taken every other block,
-  // write disjoint rows: two passes (even blocks, then odd) of race-free parallel work.
-  const int64_t S = std::max<int64_t>(2 * (kh - 1), 1);
-  std::vector<std::array<int64_t, 3>> work[2];  // (b, group, block) per pass
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t g = 0; g < d; ++g)
-      for (int64_t t = 0; t * S < (H - g + d - 1) / d; ++t) work[t % 2].push_back({b, g, t});
   auto out = at::zeros({B, H, W, heads, D}, z.options());
   const FeatureStrides zs(z);
   const int64_t* rows = nbr_h.data_ptr<int64_t>();
@@ -271,13 +284,20 @@ at::Tensor neighbour_scatter(const at::Tensor& w, const at::Tensor& z, const at:
     scalar_t* op = out.data_ptr<scalar_t>();
     const scalar_t s = static_cast<scalar_t>(scale);
     dispatch_head_dim(D, [&](auto dim) {
-      for (const auto& pass : work) {
-        at::parallel_for(0, pass.size(), 1, [&](int64_t begin, int64_t end) {
+      // Four passes (row block parity x column block parity), each a race-free parallel loop
+      // over (batch, row block, column block): blocks of one pass write disjoint outputs.
+      for (int pass = 0; pass < 4; ++pass) {
+        const auto row_blocks = axis_blocks(H, kh, dilation_h, pass / 2);
+        const auto col_blocks = axis_blocks(W, kw, dilation_w, pass % 2);
+        const int64_t nr = row_blocks.size(), nc = col_blocks.size();
+        at::parallel_for(0, B * nr * nc, 1, [&](int64_t begin, int64_t end) {
           HeadVector<scalar_t, decltype(dim)::value> value(D);
           for (int64_t item = begin; item < end; ++item) {
-            const auto [b, g, t] = pass[item];
-            for (int64_t i = g + t * S * d; i < H && i < g + (t + 1) * S * d; i += d) {
-              for (int64_t j = 0; j < W; ++j) {
+            const int64_t b = item / (nr * nc);
+            const AxisBlock& rb = row_blocks[item / nc % nr];
+            const AxisBlock& cb = col_blocks[item % nc];
+            for (int64_t i = rb.first; i < rb.last; i += rb.step) {
+              for (int64_t j = cb.first; j < cb.last; j += cb.step) {
                 const scalar_t* wq = wp + ((b * H + i) * W + j) * heads * K;
                 for (int64_t h = 0; h < heads; ++h, wq += K) {
                   value.load(zp + b * zs.b + i * zs.y + j * zs.x + h * zs.h);
@@ -347,7 +367,7 @@ TORCH_LIBRARY(dinat_na2d, m) {
         "-> Tensor",
         &neighbour_weighted_sum);
   m.def("neighbour_scatter(Tensor w, Tensor z, Tensor nbr_h, Tensor nbr_w, int dilation_h, "
-        "float scale) -> Tensor",
+        "int dilation_w, float scale) -> Tensor",
         &neighbour_scatter);
   m.def("rpb_grad(Tensor grad, Tensor bias_h, Tensor bias_w) -> Tensor", &rpb_grad);
 }
