@@ -30,10 +30,15 @@ from torch.autograd.function import once_differentiable
 from ._checks import IntOrPair, check_dilation, check_inputs, check_kernel_size
 from .windows import AxisNeighbours, axis_neighbours
 
-__all__ = ['cpu_kernels', 'na2d_cpu', 'CPU_DTYPES']
+__all__ = ['cpu_kernels', 'na2d_cpu', 'takes']
 
 SOURCE = Path(__file__).parent / 'csrc' / 'na2d_cpu.cpp'
 CPU_DTYPES = (torch.float32, torch.float64)
+
+
+def takes(tensor: torch.Tensor) -> bool:
+    """Whether the kernels handle this tensor's device and dtype (CPU, float32/float64)."""
+    return tensor.device.type == 'cpu' and tensor.dtype in CPU_DTYPES
 
 
 def _build_directory() -> Path:
@@ -150,7 +155,7 @@ def na2d_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     or float64 CPU tensors. Raises RuntimeError if the kernels could not be built."""
     kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
     check_inputs(query, key, value, kernel, dil, rpb)
-    if query.dtype not in CPU_DTYPES or query.device.type != 'cpu':
+    if not takes(query):
         raise TypeError('The CPU kernels take float32 or float64 CPU tensors, got '
                         f'{query.dtype} on {query.device}.')
     if cpu_kernels() is None:

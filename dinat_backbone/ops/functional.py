@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import IntOrPair, check_dilation, check_inputs, check_kernel_size
-from .cpu_kernels import CPU_DTYPES, cpu_kernels, na2d_cpu
+from .cpu_kernels import cpu_kernels, na2d_cpu, takes
 from .windows import axis_neighbours
 
 __all__ = ['na2d', 'na2d_tiled', 'na2d_gather', 'select_backend']
@@ -248,8 +248,8 @@ def select_backend(query: torch.Tensor, rpb: Optional[torch.Tensor], backend: st
         return backend
     if rpb is None and attn_drop == 0.0 and _natten_fused_available(query):
         return 'natten'
-    if (query.device.type == 'cpu' and query.dtype in CPU_DTYPES
-            and not _groups_fit_one_tile(query, dilation) and cpu_kernels() is not None):
+    if (takes(query) and not _groups_fit_one_tile(query, dilation)
+            and cpu_kernels() is not None):
         return 'cpu'
     return 'torch'
 
