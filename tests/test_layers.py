@@ -1,0 +1,66 @@
+"""The package's layers import with only what they need (issue: ops standalone).
+
+Each case runs in a fresh interpreter in which the heavier packages are blocked
+(``sys.modules[name] = None`` makes their import raise ImportError), as on a GPU machine with
+torch alone.
+"""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+OPENMMLAB = ('mmcv', 'mmengine', 'mmdet', 'mmseg')
+TOOLBOXES = ('mmdet', 'mmseg')
+
+
+def run_blocked(blocked, body: str) -> subprocess.CompletedProcess:
+    script = f'import sys\nfor name in {tuple(blocked)!r}:\n    sys.modules[name] = None\n'
+    return subprocess.run([sys.executable, '-c', script + textwrap.dedent(body)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_ops_run_with_torch_alone():
+    result = run_blocked(OPENMMLAB, """
+        import torch
+        from dinat_backbone.ops import na2d
+        q, k, v = torch.randn(3, 1, 9, 10, 2, 8, dtype=torch.float64).unbind(0)
+        rpb = torch.randn(2, 5, 5, dtype=torch.float64)
+        out = na2d(q, k, v, kernel_size=3, dilation=(2, 3), rpb=rpb, backend='torch')
+        print(tuple(out.shape))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '(1, 9, 10, 2, 8)'
+
+
+def test_models_need_only_mmengine_and_mmcv():
+    result = run_blocked(TOOLBOXES, """
+        import torch
+        from dinat_backbone.models import DiNAT
+        model = DiNAT(arch=dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2]),
+                      kernel_size=3, dilations=[[1], [1], [1], [1]])
+        print([tuple(o.shape) for o in model(torch.randn(1, 3, 64, 64))])
+    """)
+    assert result.returncode == 0, result.stderr
+    assert '(1, 16, 16, 16)' in result.stdout and '(1, 128, 2, 2)' in result.stdout
+
+
+def test_model_without_openmmlab_names_what_is_missing():
+    result = run_blocked(OPENMMLAB, """
+        import dinat_backbone
+        dinat_backbone.DiNAT
+    """)
+    assert result.returncode != 0
+    assert 'ImportError: dinat_backbone.DiNAT needs mmengine and mmcv' in result.stderr
+
+
+@pytest.mark.parametrize('scope', TOOLBOXES)
+def test_import_registers_with_each_installed_toolbox(scope):
+    other = next(s for s in TOOLBOXES if s != scope)
+    result = run_blocked((other, ), f"""
+        import dinat_backbone
+        from {scope}.registry import MODELS
+        print(MODELS.get('DiNAT') is dinat_backbone.DiNAT)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == 'True'
