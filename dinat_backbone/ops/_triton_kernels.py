@@ -1,0 +1,291 @@
+"""Triton kernels of fused 2-D (dilated) neighbourhood attention with relative positional bias.
+
+Imported only by :mod:`.triton_na2d` (which holds the launchers, the autograd function and the
+documentation), and only when Triton is installed. ``TRITON_INTERPRET=1`` must be set before
+this module is imported for the kernels to run on CPU tensors under Triton's interpreter.
+
+All tensors are contiguous ``[B, H, W, heads, D]`` (q, k, v, out and their gradients) or
+``[B, H, W, heads]`` (logsumexp, delta), so a token ``(b, y, x, h)`` is the row
+``((b * H + y) * W + x) * heads + h`` of a ``[tokens, D]`` matrix. A program works inside one
+dilation group ``(gy, gx)`` on a tile of group positions; window arithmetic is NATTEN's (see
+:mod:`.functional`): query ``p`` of a group of length ``Lg`` sees keys ``s(p) .. s(p) + k - 1``
+with ``s(p) = clamp(p - k // 2, 0, Lg - k)``, and the rpb index of key ``n`` is
+``n - p + k - 1``. Logits are kept in base 2 (``exp2``), the logsumexp too.
+"""
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _window_start(pos, group_len, KERNEL):
+    """First key position (in the group) of the window of query position ``pos``."""
+    return tl.minimum(tl.maximum(pos - KERNEL // 2, 0), group_len - KERNEL)
+
+
+@triton.jit
+def _group_tile(tile_id, H, W, DIL_Y, DIL_X, TILE_Y: tl.constexpr, TILE_X: tl.constexpr):
+    """Decode a program id into (group row, group column, tile row, tile column, group
+    lengths). Column tiles vary fastest, so neighbouring programs share keys."""
+    tiles_y = tl.cdiv(tl.cdiv(H, DIL_Y), TILE_Y)
+    tiles_x = tl.cdiv(tl.cdiv(W, DIL_X), TILE_X)
+    tile_x = tile_id % tiles_x
+    rest = tile_id // tiles_x
+    gx = rest % DIL_X
+    rest = rest // DIL_X
+    tile_y = rest % tiles_y
+    gy = rest // tiles_y
+    len_y = (H - gy + DIL_Y - 1) // DIL_Y
+    len_x = (W - gx + DIL_X - 1) // DIL_X
+    return gy, gx, tile_y, tile_x, len_y, len_x
+
+
+@triton.jit
+def _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, py, px):
+    """Row of each token (group positions ``py``, ``px``) in the ``[tokens, D]`` view."""
+    y = gy + DIL_Y * py
+    x = gx + DIL_X * px
+    return ((batch.to(tl.int64) * H + y) * W + x) * HEADS + head
+
+
+@triton.jit
+def _masked_logits(a, b, qy, qx, ny, nx, start_y, start_x, ok, RPB, head, qk_scale,
+                   KERNEL_Y, KERNEL_X, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr):
+    """Base-2 logits ``a @ b.T`` plus the rpb, ``-inf`` outside the windows.
+
+    One of ``a``/``b`` holds queries, the other keys: the positions ``qy, qx`` (queries, with
+    window starts ``start_y/x``) and ``ny, nx`` (keys) come shaped [M, 1] or [1, N] to match,
+    so the same code serves the query-major and the key-major loops.
+    """
+    in_y = ny - start_y
+    in_x = nx - start_x
+    valid = ok & (in_y >= 0) & (in_y < KERNEL_Y) & (in_x >= 0) & (in_x < KERNEL_X)
+    s = tl.dot(a, tl.trans(b), input_precision=PRECISION) * qk_scale
+    if HAS_RPB:
+        width = 2 * KERNEL_X - 1
+        index = (ny - qy + KERNEL_Y - 1) * width + nx - qx + KERNEL_X - 1
+        bias = tl.load(RPB + head * (2 * KERNEL_Y - 1) * width + index, mask=valid, other=0.0)
+        s += bias.to(tl.float32) * LOG2E
+    return tl.where(valid, s, float('-inf'))
+
+
+@triton.jit
+def _na2d_fwd_kernel(Q, K, V, RPB, OUT, LSE,
+                     H, W, HEADS, HEAD_DIM, KERNEL_Y, KERNEL_X, DIL_Y, DIL_X, qk_scale,
+                     HAS_RPB: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
+                     TILE_Y: tl.constexpr, TILE_X: tl.constexpr,
+                     KEYS_Y: tl.constexpr, KEYS_X: tl.constexpr):
+    """One program: a TILE_Y x TILE_X tile of queries of one dilation group and one (batch,
+    head); loops over its keys' halo in blocks of KEYS_Y x KEYS_X with an online softmax."""
+    gy, gx, tile_y, tile_x, len_y, len_x = _group_tile(tl.program_id(0), H, W, DIL_Y, DIL_X,
+                                                       TILE_Y, TILE_X)
+    batch = tl.program_id(1) // HEADS
+    head = tl.program_id(1) % HEADS
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+
+    q_idx = tl.arange(0, TILE_Y * TILE_X)
+    py = tile_y * TILE_Y + q_idx // TILE_X
+    px = tile_x * TILE_X + q_idx % TILE_X
+    q_ok = (py < len_y) & (px < len_x)
+    q_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, py, px)
+    q = tl.load(Q + q_rows[:, None] * HEAD_DIM + d[None, :], mask=q_ok[:, None] & d_ok[None, :],
+                other=0.0)
+    start_y = _window_start(py, len_y, KERNEL_Y)
+    start_x = _window_start(px, len_x, KERNEL_X)
+
+    # The tile's keys: from the first query's window start to the last query's window end.
+    halo_y0 = _window_start(tile_y * TILE_Y, len_y, KERNEL_Y)
+    halo_y1 = _window_start(tl.minimum(tile_y * TILE_Y + TILE_Y, len_y) - 1, len_y,
+                            KERNEL_Y) + KERNEL_Y
+    halo_x0 = _window_start(tile_x * TILE_X, len_x, KERNEL_X)
+    halo_x1 = _window_start(tl.minimum(tile_x * TILE_X + TILE_X, len_x) - 1, len_x,
+                            KERNEL_X) + KERNEL_X
+
+    m_i = tl.full([TILE_Y * TILE_X], -1.0e30, tl.float32)  # finite: a block may mask a row
+    l_i = tl.zeros([TILE_Y * TILE_X], tl.float32)
+    acc = tl.zeros([TILE_Y * TILE_X, BLOCK_D], tl.float32)
+    k_idx = tl.arange(0, KEYS_Y * KEYS_X)
+    for ny0 in range(halo_y0, halo_y1, KEYS_Y):
+        for nx0 in range(halo_x0, halo_x1, KEYS_X):
+            ny = ny0 + k_idx // KEYS_X
+            nx = nx0 + k_idx % KEYS_X
+            k_ok = (ny < halo_y1) & (nx < halo_x1)
+            k_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, ny, nx)
+            kv_mask = k_ok[:, None] & d_ok[None, :]
+            k = tl.load(K + k_rows[:, None] * HEAD_DIM + d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(V + k_rows[:, None] * HEAD_DIM + d[None, :], mask=kv_mask, other=0.0)
+            s = _masked_logits(q, k, py[:, None], px[:, None], ny[None, :], nx[None, :],
+                               start_y[:, None], start_x[:, None],
+                               q_ok[:, None] & k_ok[None, :], RPB, head, qk_scale,
+                               KERNEL_Y, KERNEL_X, HAS_RPB, PRECISION)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+    l_safe = tl.where(q_ok, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    tl.store(OUT + q_rows[:, None] * HEAD_DIM + d[None, :], out.to(OUT.dtype.element_ty),
+             mask=q_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + q_rows, m_i + tl.log2(l_safe), mask=q_ok)
+
+
+@triton.jit
+def _na2d_bwd_query_kernel(Q, K, V, RPB, DOUT, LSE, DELTA, DQ, DRPB,
+                           H, W, HEADS, HEAD_DIM, KERNEL_Y, KERNEL_X, DIL_Y, DIL_X, scale,
+                           qk_scale, HAS_RPB: tl.constexpr, DETERMINISTIC: tl.constexpr,
+                           PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
+                           RPB_Y: tl.constexpr, RPB_X: tl.constexpr,
+                           TILE_Y: tl.constexpr, TILE_X: tl.constexpr,
+                           KEYS_Y: tl.constexpr, KEYS_X: tl.constexpr):
+    """dq and d(rpb), query-major: the forward's tiling, probabilities recomputed from the
+    logsumexp. d(rpb) of the tile is accumulated in a padded ``[RPB_Y, RPB_X]`` table, then
+    written to this program's slot of DRPB (``DETERMINISTIC``: per-program partial sums, later
+    reduced in a fixed order) or added to DRPB ``[heads, 2*kh-1, 2*kw-1]`` with atomics."""
+    gy, gx, tile_y, tile_x, len_y, len_x = _group_tile(tl.program_id(0), H, W, DIL_Y, DIL_X,
+                                                       TILE_Y, TILE_X)
+    batch = tl.program_id(1) // HEADS
+    head = tl.program_id(1) % HEADS
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+
+    q_idx = tl.arange(0, TILE_Y * TILE_X)
+    py = tile_y * TILE_Y + q_idx // TILE_X
+    px = tile_x * TILE_X + q_idx % TILE_X
+    q_ok = (py < len_y) & (px < len_x)
+    q_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, py, px)
+    q_mask = q_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + q_rows[:, None] * HEAD_DIM + d[None, :], mask=q_mask, other=0.0)
+    dout = tl.load(DOUT + q_rows[:, None] * HEAD_DIM + d[None, :], mask=q_mask, other=0.0)
+    lse = tl.load(LSE + q_rows, mask=q_ok, other=0.0)
+    delta = tl.load(DELTA + q_rows, mask=q_ok, other=0.0)
+    start_y = _window_start(py, len_y, KERNEL_Y)
+    start_x = _window_start(px, len_x, KERNEL_X)
+    halo_y0 = _window_start(tile_y * TILE_Y, len_y, KERNEL_Y)
+    halo_y1 = _window_start(tl.minimum(tile_y * TILE_Y + TILE_Y, len_y) - 1, len_y,
+                            KERNEL_Y) + KERNEL_Y
+    halo_x0 = _window_start(tile_x * TILE_X, len_x, KERNEL_X)
+    halo_x1 = _window_start(tl.minimum(tile_x * TILE_X + TILE_X, len_x) - 1, len_x,
+                            KERNEL_X) + KERNEL_X
+
+    # d(rpb) of a block: ds reshaped to [query row, key row] x [query col, key col] pairs, then
+    # one-hot matrices sum the pairs of each rpb row (left) and column (right) offset.
+    pair_y = tl.arange(0, TILE_Y * KEYS_Y)
+    pair_x = tl.arange(0, TILE_X * KEYS_X)
+    rpb_row = tl.arange(0, RPB_Y)
+    rpb_col = tl.arange(0, RPB_X)
+    drpb = tl.zeros([RPB_Y, RPB_X], tl.float32)
+
+    dq = tl.zeros([TILE_Y * TILE_X, BLOCK_D], tl.float32)
+    k_idx = tl.arange(0, KEYS_Y * KEYS_X)
+    for ny0 in range(halo_y0, halo_y1, KEYS_Y):
+        for nx0 in range(halo_x0, halo_x1, KEYS_X):
+            ny = ny0 + k_idx // KEYS_X
+            nx = nx0 + k_idx % KEYS_X
+            k_ok = (ny < halo_y1) & (nx < halo_x1)
+            k_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, ny, nx)
+            kv_mask = k_ok[:, None] & d_ok[None, :]
+            k = tl.load(K + k_rows[:, None] * HEAD_DIM + d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(V + k_rows[:, None] * HEAD_DIM + d[None, :], mask=kv_mask, other=0.0)
+            s = _masked_logits(q, k, py[:, None], px[:, None], ny[None, :], nx[None, :],
+                               start_y[:, None], start_x[:, None],
+                               q_ok[:, None] & k_ok[None, :], RPB, head, qk_scale,
+                               KERNEL_Y, KERNEL_X, HAS_RPB, PRECISION)
+            p = tl.exp2(s - lse[:, None])
+            dp = tl.dot(dout, tl.trans(v), input_precision=PRECISION)
+            ds = p * (dp - delta[:, None])  # gradient of the (natural) logits
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+            if HAS_RPB:
+                pairs = tl.reshape(tl.permute(tl.reshape(ds, (TILE_Y, TILE_X, KEYS_Y, KEYS_X)),
+                                              (0, 2, 1, 3)),
+                                   (TILE_Y * KEYS_Y, TILE_X * KEYS_X))
+                offset_y = (ny0 + pair_y % KEYS_Y - tile_y * TILE_Y - pair_y // KEYS_Y
+                            + KERNEL_Y - 1)
+                offset_x = (nx0 + pair_x % KEYS_X - tile_x * TILE_X - pair_x // KEYS_X
+                            + KERNEL_X - 1)
+                sum_y = (rpb_row[:, None] == offset_y[None, :]).to(tl.float32)
+                sum_x = (offset_x[:, None] == rpb_col[None, :]).to(tl.float32)
+                drpb += tl.dot(tl.dot(sum_y, pairs, input_precision='ieee'), sum_x,
+                               input_precision='ieee')
+    tl.store(DQ + q_rows[:, None] * HEAD_DIM + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=q_mask)
+    if HAS_RPB:
+        if DETERMINISTIC:
+            slot = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+            tl.store(DRPB + slot * RPB_Y * RPB_X + rpb_row[:, None] * RPB_X + rpb_col[None, :],
+                     drpb)
+        else:
+            width = 2 * KERNEL_X - 1
+            tl.atomic_add(DRPB + (head * (2 * KERNEL_Y - 1) + rpb_row[:, None]) * width
+                          + rpb_col[None, :], drpb,
+                          mask=(rpb_row[:, None] < 2 * KERNEL_Y - 1) & (rpb_col[None, :] < width))
+
+
+@triton.jit
+def _na2d_bwd_key_kernel(Q, K, V, RPB, DOUT, LSE, DELTA, DK, DV,
+                         H, W, HEADS, HEAD_DIM, KERNEL_Y, KERNEL_X, DIL_Y, DIL_X, scale,
+                         qk_scale, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
+                         BLOCK_D: tl.constexpr, TILE_Y: tl.constexpr, TILE_X: tl.constexpr,
+                         QUERIES_Y: tl.constexpr, QUERIES_X: tl.constexpr):
+    """dk and dv, key-major: a TILE_Y x TILE_X tile of keys loops over the queries that can
+    attend to it. ``s(p)`` is non-decreasing in ``p``, so the queries of key ``n`` form the
+    range ``max(0, n - k//2) .. (Lg - 1 if n >= Lg - k else n + k//2)``; each candidate is
+    masked by recomputing its own window."""
+    gy, gx, tile_y, tile_x, len_y, len_x = _group_tile(tl.program_id(0), H, W, DIL_Y, DIL_X,
+                                                       TILE_Y, TILE_X)
+    batch = tl.program_id(1) // HEADS
+    head = tl.program_id(1) % HEADS
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+
+    k_idx = tl.arange(0, TILE_Y * TILE_X)
+    ny = tile_y * TILE_Y + k_idx // TILE_X
+    nx = tile_x * TILE_X + k_idx % TILE_X
+    k_ok = (ny < len_y) & (nx < len_x)
+    k_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, ny, nx)
+    k_mask = k_ok[:, None] & d_ok[None, :]
+    k = tl.load(K + k_rows[:, None] * HEAD_DIM + d[None, :], mask=k_mask, other=0.0)
+    v = tl.load(V + k_rows[:, None] * HEAD_DIM + d[None, :], mask=k_mask, other=0.0)
+
+    first_y = tile_y * TILE_Y
+    last_y = tl.minimum(first_y + TILE_Y, len_y) - 1
+    first_x = tile_x * TILE_X
+    last_x = tl.minimum(first_x + TILE_X, len_x) - 1
+    queries_y0 = tl.maximum(first_y - KERNEL_Y // 2, 0)
+    queries_y1 = tl.where(last_y >= len_y - KERNEL_Y, len_y, last_y + KERNEL_Y // 2 + 1)
+    queries_x0 = tl.maximum(first_x - KERNEL_X // 2, 0)
+    queries_x1 = tl.where(last_x >= len_x - KERNEL_X, len_x, last_x + KERNEL_X // 2 + 1)
+
+    dk = tl.zeros([TILE_Y * TILE_X, BLOCK_D], tl.float32)
+    dv = tl.zeros([TILE_Y * TILE_X, BLOCK_D], tl.float32)
+    q_idx = tl.arange(0, QUERIES_Y * QUERIES_X)
+    for py0 in range(queries_y0, queries_y1, QUERIES_Y):
+        for px0 in range(queries_x0, queries_x1, QUERIES_X):
+            py = py0 + q_idx // QUERIES_X
+            px = px0 + q_idx % QUERIES_X
+            q_ok = (py < queries_y1) & (px < queries_x1)
+            q_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, py, px)
+            q_mask = q_ok[:, None] & d_ok[None, :]
+            q = tl.load(Q + q_rows[:, None] * HEAD_DIM + d[None, :], mask=q_mask, other=0.0)
+            dout = tl.load(DOUT + q_rows[:, None] * HEAD_DIM + d[None, :], mask=q_mask,
+                           other=0.0)
+            lse = tl.load(LSE + q_rows, mask=q_ok, other=0.0)
+            delta = tl.load(DELTA + q_rows, mask=q_ok, other=0.0)
+            start_y = _window_start(py, len_y, KERNEL_Y)
+            start_x = _window_start(px, len_x, KERNEL_X)
+            s_t = _masked_logits(k, q, py[None, :], px[None, :], ny[:, None], nx[:, None],
+                                 start_y[None, :], start_x[None, :],
+                                 k_ok[:, None] & q_ok[None, :], RPB, head, qk_scale,
+                                 KERNEL_Y, KERNEL_X, HAS_RPB, PRECISION)
+            p_t = tl.exp2(s_t - lse[None, :])
+            dv += tl.dot(p_t.to(dout.dtype), dout, input_precision=PRECISION)
+            dp_t = tl.dot(v, tl.trans(dout), input_precision=PRECISION)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+    tl.store(DK + k_rows[:, None] * HEAD_DIM + d[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=k_mask)
+    tl.store(DV + k_rows[:, None] * HEAD_DIM + d[None, :], dv.to(DV.dtype.element_ty),
+             mask=k_mask)

@@ -1,0 +1,230 @@
+"""Fused Triton kernels for :func:`~dinat_backbone.ops.na2d` (``backend='triton'``), for GPUs.
+
+Forward: FlashAttention-2 style. A program takes an 8x8 tile of queries of one dilation group
+and one (batch, head) and runs an online softmax over the keys of their windows (the tile's
+halo, in 8x8 blocks, masked to each query's window); the rpb is gathered by offset inside the
+kernel. Only the output and the logsumexp (``[B, H, W, heads]``, float32) are written: the
+``k*k`` logits never reach memory, and memory is ``O(B * H * W * heads * D)``.
+
+Backward, from q, k, v, out and the logsumexp: dq and d(rpb) query-major (the forward's
+tiling), dk and dv key-major (a tile of keys loops over the queries that can see it, each
+masked by its own window, which at the borders is not a window around the key). No float
+atomics touch dq/dk/dv. d(rpb) is summed per program with two small one-hot matmuls; the
+per-program tables are then either added with atomics or, when
+``torch.are_deterministic_algorithms_enabled()`` (mmengine's
+``randomness=dict(deterministic=True)``), written as per-program partial sums that are reduced
+in a fixed order, so two runs give bit-identical results.
+
+Scope: odd kernel sizes 3..13, any dilation, non-square maps, head dim <= 128 (zero-padded to
+a power of two >= 16 inside; the scale defaults to the real head dim), float32 (matmuls with
+``input_precision='ieee'``: no TF32), float16 and bfloat16, all accumulated in float32.
+Attention dropout is not in the kernels: with ``attn_drop > 0`` :func:`na2d_triton` runs the
+tiled implementation instead.
+
+On CPU tensors the kernels run under Triton's interpreter, which must be enabled with
+``TRITON_INTERPRET=1`` before this module first launches a kernel (Triton reads it when the
+kernels are defined); that is how the test suite checks them without a GPU. The interpreter
+cannot run bfloat16 matmuls correctly, nor reveal races.
+"""
+import math
+import os
+from functools import lru_cache
+from types import ModuleType
+from typing import Any, Optional, Tuple
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ._checks import IntOrPair, check_dilation, check_inputs, check_kernel_size
+
+__all__ = ['na2d_triton', 'triton_kernels', 'triton_supports']
+
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 128
+KERNEL_SIZES = range(3, 14, 2)
+# Query tiles and key blocks per axis (the products, 64, are the matmul sizes).
+TILE = 8
+NUM_WARPS = 4
+
+
+@lru_cache(maxsize=None)
+def triton_kernels() -> Optional[ModuleType]:
+    """The kernel module, or None where Triton is not installed (or fails to import)."""
+    try:
+        from . import _triton_kernels
+    except ImportError:
+        return None
+    return _triton_kernels
+
+
+def _interpreting() -> bool:
+    return os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
+
+
+def triton_supports(query: torch.Tensor, kernel_size: IntOrPair, attn_drop: float = 0.0
+                    ) -> bool:
+    """Whether ``backend='auto'`` may run the kernels: a CUDA tensor of a supported dtype and
+    head dim, a supported kernel size, no attention dropout, and Triton importable."""
+    kernel = check_kernel_size(kernel_size)
+    return (query.is_cuda and query.dtype in TRITON_DTYPES
+            and query.shape[-1] <= MAX_HEAD_DIM and all(k in KERNEL_SIZES for k in kernel)
+            and attn_drop == 0.0 and triton_kernels() is not None)
+
+
+def _check_triton_inputs(query: torch.Tensor, kernel: Tuple[int, int]) -> ModuleType:
+    kernels = triton_kernels()
+    if kernels is None:
+        raise RuntimeError("backend='triton' needs the triton package (pip install triton); "
+                           "use backend='auto' or 'torch' without it.")
+    if not query.is_cuda and not _interpreting():
+        raise RuntimeError(f"backend='triton' runs on CUDA tensors, got {query.device=}. "
+                           'On the CPU set TRITON_INTERPRET=1 before starting Python to run '
+                           "the kernels under Triton's interpreter (slow, for testing), or use "
+                           "backend='auto'.")
+    if query.dtype not in TRITON_DTYPES:
+        raise TypeError(f"backend='triton' takes float32, float16 or bfloat16, got "
+                        f"{query.dtype}; use backend='torch' for other dtypes.")
+    if query.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"backend='triton' takes head dims <= {MAX_HEAD_DIM}, got "
+                         f"{query.shape[-1]}; use backend='torch'.")
+    if any(k not in KERNEL_SIZES for k in kernel):
+        raise ValueError("backend='triton' takes odd kernel sizes 3..13, got "
+                         f"kernel_size={kernel}; use backend='torch'.")
+    return kernels
+
+
+def _launch_config(query: torch.Tensor, kernel: Tuple[int, int], dilation: Tuple[int, int],
+                   scale: float) -> dict:
+    """Arguments shared by the three kernels."""
+    _, height, width, heads, dim = query.shape
+    return dict(H=height, W=width, HEADS=heads, HEAD_DIM=dim, KERNEL_Y=kernel[0],
+                KERNEL_X=kernel[1], DIL_Y=dilation[0], DIL_X=dilation[1],
+                qk_scale=scale * math.log2(math.e),
+                PRECISION='ieee' if query.dtype == torch.float32 else 'tf32',
+                BLOCK_D=max(16, _next_power_of_2(dim)), num_warps=NUM_WARPS)
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _grid(query: torch.Tensor, dilation: Tuple[int, int]) -> Tuple[int, int]:
+    """(tiles over all dilation groups, batch * heads)."""
+    batch, height, width, heads, _ = query.shape
+    tiles = [d * _cdiv(_cdiv(length, d), TILE) for length, d in zip((height, width), dilation)]
+    return tiles[0] * tiles[1], batch * heads
+
+
+def _forward(kernels: ModuleType, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             rpb: Optional[torch.Tensor], kernel: Tuple[int, int], dilation: Tuple[int, int],
+             scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Output and base-2 logsumexp ``[B, H, W, heads]`` of contiguous inputs."""
+    out = torch.empty_like(query)
+    lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device)
+    kernels._na2d_fwd_kernel[_grid(query, dilation)](
+        query, key, value, query if rpb is None else rpb, out, lse,
+        HAS_RPB=rpb is not None, TILE_Y=TILE, TILE_X=TILE, KEYS_Y=TILE, KEYS_X=TILE,
+        **_launch_config(query, kernel, dilation, scale))
+    return out, lse
+
+
+def _backward_query(kernels: ModuleType, query: torch.Tensor, key: torch.Tensor,
+                    value: torch.Tensor, rpb: Optional[torch.Tensor], grad_out: torch.Tensor,
+                    lse: torch.Tensor, delta: torch.Tensor, kernel: Tuple[int, int],
+                    dilation: Tuple[int, int], scale: float, deterministic: bool
+                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """dq, d(rpb) (float32, None without rpb) and, when ``deterministic``, the per-program
+    partial sums it was reduced from (``[batch * heads, tiles, RY, RX]``, padded)."""
+    grad_query = torch.empty_like(query)
+    grid = _grid(query, dilation)
+    rpb_y, rpb_x = (max(16, _next_power_of_2(2 * k - 1)) for k in kernel)
+    partials = grad_rpb = None
+    if rpb is not None and deterministic:
+        partials = torch.empty(grid[1], grid[0], rpb_y, rpb_x, dtype=torch.float32,
+                               device=query.device)
+    elif rpb is not None:
+        grad_rpb = torch.zeros(rpb.shape, dtype=torch.float32, device=query.device)
+    kernels._na2d_bwd_query_kernel[grid](
+        query, key, value, query if rpb is None else rpb, grad_out, lse, delta, grad_query,
+        partials if deterministic else grad_rpb, scale=scale, HAS_RPB=rpb is not None,
+        DETERMINISTIC=deterministic, RPB_Y=rpb_y, RPB_X=rpb_x, TILE_Y=TILE, TILE_X=TILE,
+        KEYS_Y=TILE, KEYS_X=TILE, **_launch_config(query, kernel, dilation, scale))
+    if partials is not None:
+        heads = query.shape[3]
+        # A fixed-order reduction: torch's sum is deterministic for a given shape.
+        grad_rpb = partials.view(-1, heads, *partials.shape[1:]).sum((0, 2))
+        grad_rpb = grad_rpb[:, :2 * kernel[0] - 1, :2 * kernel[1] - 1]
+    return grad_query, grad_rpb, partials
+
+
+def _backward_key(kernels: ModuleType, query: torch.Tensor, key: torch.Tensor,
+                  value: torch.Tensor, rpb: Optional[torch.Tensor], grad_out: torch.Tensor,
+                  lse: torch.Tensor, delta: torch.Tensor, kernel: Tuple[int, int],
+                  dilation: Tuple[int, int], scale: float
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """dk and dv."""
+    grad_key, grad_value = torch.empty_like(key), torch.empty_like(value)
+    kernels._na2d_bwd_key_kernel[_grid(query, dilation)](
+        query, key, value, query if rpb is None else rpb, grad_out, lse, delta, grad_key,
+        grad_value, scale=scale, HAS_RPB=rpb is not None, TILE_Y=TILE, TILE_X=TILE,
+        QUERIES_Y=TILE, QUERIES_X=TILE, **_launch_config(query, kernel, dilation, scale))
+    return grad_key, grad_value
+
+
+class _NA2DTriton(torch.autograd.Function):
+    """Fused forward; the backward recomputes the probabilities from the logsumexp."""
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                rpb: Optional[torch.Tensor], kernel: Tuple[int, int],
+                dilation: Tuple[int, int], scale: float) -> torch.Tensor:
+        kernels = triton_kernels()
+        query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+        rpb_c = None if rpb is None else rpb.contiguous()
+        out, lse = _forward(kernels, query, key, value, rpb_c, kernel, dilation, scale)
+        ctx.save_for_backward(query, key, value, rpb_c, out, lse)
+        ctx.config = kernel, dilation, scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        kernels = triton_kernels()
+        query, key, value, rpb, out, lse = ctx.saved_tensors
+        kernel, dilation, scale = ctx.config
+        grad_out = grad_out.contiguous()
+        delta = (grad_out.float() * out.float()).sum(-1)
+        args = (kernels, query, key, value, rpb, grad_out, lse, delta, kernel, dilation, scale)
+        grad_query, grad_rpb, _ = _backward_query(
+            *args, deterministic=torch.are_deterministic_algorithms_enabled())
+        grad_key, grad_value = _backward_key(*args)
+        if grad_rpb is not None:
+            grad_rpb = grad_rpb.to(rpb.dtype)
+        return grad_query, grad_key, grad_value, grad_rpb, None, None, None
+
+
+def na2d_triton(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kernel_size: IntOrPair, dilation: IntOrPair = 1,
+                rpb: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+                attn_drop: float = 0.0) -> torch.Tensor:
+    """:func:`~dinat_backbone.ops.na2d` with the fused Triton kernels (same arguments).
+
+    ``attn_drop > 0`` runs the tiled implementation (the kernels have no dropout). The
+    backward's d(rpb) is deterministic when ``torch.are_deterministic_algorithms_enabled()``.
+
+    Raises:
+        RuntimeError: Triton is not installed, or a CPU tensor without ``TRITON_INTERPRET=1``.
+        TypeError, ValueError: a dtype, head dim or kernel size the kernels do not take.
+    """
+    kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
+    check_inputs(query, key, value, kernel, dil, rpb)
+    _check_triton_inputs(query, kernel)
+    if attn_drop > 0.0:
+        from .functional import na2d_tiled
+        return na2d_tiled(query, key, value, kernel, dil, rpb, scale, attn_drop)
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    return _NA2DTriton.apply(query, key, value, rpb, kernel, dil, float(scale))
