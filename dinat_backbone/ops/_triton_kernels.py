@@ -25,28 +25,68 @@ def _window_start(pos, group_len, KERNEL):
 
 
 @triton.jit
-def _group_tile(tile_id, H, W, DIL_Y, DIL_X, TILE_Y: tl.constexpr, TILE_X: tl.constexpr):
-    """Decode a program id into (group row, group column, tile row, tile column, group
-    lengths). Column tiles vary fastest, so neighbouring programs share keys."""
-    tiles_y = tl.cdiv(tl.cdiv(H, DIL_Y), TILE_Y)
-    tiles_x = tl.cdiv(tl.cdiv(W, DIL_X), TILE_X)
-    tile_x = tile_id % tiles_x
-    rest = tile_id // tiles_x
-    gx = rest % DIL_X
-    rest = rest // DIL_X
-    tile_y = rest % tiles_y
-    gy = rest // tiles_y
-    len_y = (H - gy + DIL_Y - 1) // DIL_Y
-    len_x = (W - gx + DIL_X - 1) // DIL_X
-    return gy, gx, tile_y, tile_x, len_y, len_x
-
-
-@triton.jit
 def _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, py, px):
     """Row of each token (group positions ``py``, ``px``) in the ``[tokens, D]`` view."""
     y = gy + DIL_Y * py
     x = gx + DIL_X * px
     return ((batch.to(tl.int64) * H + y) * W + x) * HEADS + head
+
+
+@triton.jit
+def _tile(H, W, HEADS, DIL_Y, DIL_X, TILE_Y: tl.constexpr, TILE_X: tl.constexpr):
+    """This program's tile: its group ``(gy, gx)`` and the group's lengths, batch and head,
+    the tile's first positions and, per token of the tile, its positions, whether it lies in
+    the group, and its row. Column tiles vary fastest, so neighbouring programs share keys."""
+    tiles_y = tl.cdiv(tl.cdiv(H, DIL_Y), TILE_Y)
+    tiles_x = tl.cdiv(tl.cdiv(W, DIL_X), TILE_X)
+    tile_id = tl.program_id(0)
+    first_x = tile_id % tiles_x * TILE_X
+    rest = tile_id // tiles_x
+    gx = rest % DIL_X
+    rest = rest // DIL_X
+    first_y = rest % tiles_y * TILE_Y
+    gy = rest // tiles_y
+    len_y = (H - gy + DIL_Y - 1) // DIL_Y
+    len_x = (W - gx + DIL_X - 1) // DIL_X
+    batch = tl.program_id(1) // HEADS
+    head = tl.program_id(1) % HEADS
+    index = tl.arange(0, TILE_Y * TILE_X)
+    pos_y = first_y + index // TILE_X
+    pos_x = first_x + index % TILE_X
+    ok = (pos_y < len_y) & (pos_x < len_x)
+    rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, pos_y, pos_x)
+    return gy, gx, len_y, len_x, batch, head, first_y, first_x, pos_y, pos_x, ok, rows
+
+
+@triton.jit
+def _halo(first, group_len, KERNEL, TILE: tl.constexpr):
+    """Keys ``[lo, hi)`` of one axis seen by the queries ``first .. first + TILE - 1``."""
+    last = tl.minimum(first + TILE, group_len) - 1
+    return (_window_start(first, group_len, KERNEL),
+            _window_start(last, group_len, KERNEL) + KERNEL)
+
+
+@triton.jit
+def _queries(first, group_len, KERNEL, TILE: tl.constexpr):
+    """Queries ``[lo, hi)`` of one axis that see some key of ``first .. first + TILE - 1``.
+    ``s(p)`` is non-decreasing in ``p``, so key ``n`` is seen by the range
+    ``max(0, n - k//2) .. (Lg - 1 if n >= Lg - k else n + k//2)``."""
+    last = tl.minimum(first + TILE, group_len) - 1
+    return (tl.maximum(first - KERNEL // 2, 0),
+            tl.where(last >= group_len - KERNEL, group_len, last + KERNEL // 2 + 1))
+
+
+@triton.jit
+def _load(PTR, rows, ok, d, d_ok, HEAD_DIM):
+    """Rows of a ``[tokens, D]`` tensor, zero outside ``ok`` and beyond the head dim."""
+    return tl.load(PTR + rows[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None] & d_ok[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _store(PTR, rows, ok, d, d_ok, HEAD_DIM, value):
+    tl.store(PTR + rows[:, None] * HEAD_DIM + d[None, :], value.to(PTR.dtype.element_ty),
+             mask=ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
@@ -78,30 +118,15 @@ def _na2d_fwd_kernel(Q, K, V, RPB, OUT, LSE,
                      KEYS_Y: tl.constexpr, KEYS_X: tl.constexpr):
     """One program: a TILE_Y x TILE_X tile of queries of one dilation group and one (batch,
     head); loops over its keys' halo in blocks of KEYS_Y x KEYS_X with an online softmax."""
-    gy, gx, tile_y, tile_x, len_y, len_x = _group_tile(tl.program_id(0), H, W, DIL_Y, DIL_X,
-                                                       TILE_Y, TILE_X)
-    batch = tl.program_id(1) // HEADS
-    head = tl.program_id(1) % HEADS
+    gy, gx, len_y, len_x, batch, head, first_y, first_x, py, px, q_ok, q_rows = _tile(
+        H, W, HEADS, DIL_Y, DIL_X, TILE_Y, TILE_X)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
-
-    q_idx = tl.arange(0, TILE_Y * TILE_X)
-    py = tile_y * TILE_Y + q_idx // TILE_X
-    px = tile_x * TILE_X + q_idx % TILE_X
-    q_ok = (py < len_y) & (px < len_x)
-    q_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, py, px)
-    q = tl.load(Q + q_rows[:, None] * HEAD_DIM + d[None, :], mask=q_ok[:, None] & d_ok[None, :],
-                other=0.0)
+    q = _load(Q, q_rows, q_ok, d, d_ok, HEAD_DIM)
     start_y = _window_start(py, len_y, KERNEL_Y)
     start_x = _window_start(px, len_x, KERNEL_X)
-
-    # The tile's keys: from the first query's window start to the last query's window end.
-    halo_y0 = _window_start(tile_y * TILE_Y, len_y, KERNEL_Y)
-    halo_y1 = _window_start(tl.minimum(tile_y * TILE_Y + TILE_Y, len_y) - 1, len_y,
-                            KERNEL_Y) + KERNEL_Y
-    halo_x0 = _window_start(tile_x * TILE_X, len_x, KERNEL_X)
-    halo_x1 = _window_start(tl.minimum(tile_x * TILE_X + TILE_X, len_x) - 1, len_x,
-                            KERNEL_X) + KERNEL_X
+    halo_y0, halo_y1 = _halo(first_y, len_y, KERNEL_Y, TILE_Y)
+    halo_x0, halo_x1 = _halo(first_x, len_x, KERNEL_X, TILE_X)
 
     m_i = tl.full([TILE_Y * TILE_X], -1.0e30, tl.float32)  # finite: a block may mask a row
     l_i = tl.zeros([TILE_Y * TILE_X], tl.float32)
@@ -113,9 +138,8 @@ def _na2d_fwd_kernel(Q, K, V, RPB, OUT, LSE,
             nx = nx0 + k_idx % KEYS_X
             k_ok = (ny < halo_y1) & (nx < halo_x1)
             k_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, ny, nx)
-            kv_mask = k_ok[:, None] & d_ok[None, :]
-            k = tl.load(K + k_rows[:, None] * HEAD_DIM + d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(V + k_rows[:, None] * HEAD_DIM + d[None, :], mask=kv_mask, other=0.0)
+            k = _load(K, k_rows, k_ok, d, d_ok, HEAD_DIM)
+            v = _load(V, k_rows, k_ok, d, d_ok, HEAD_DIM)
             s = _masked_logits(q, k, py[:, None], px[:, None], ny[None, :], nx[None, :],
                                start_y[:, None], start_x[:, None],
                                q_ok[:, None] & k_ok[None, :], RPB, head, qk_scale,
@@ -127,9 +151,7 @@ def _na2d_fwd_kernel(Q, K, V, RPB, OUT, LSE,
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m_i = m_new
     l_safe = tl.where(q_ok, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    tl.store(OUT + q_rows[:, None] * HEAD_DIM + d[None, :], out.to(OUT.dtype.element_ty),
-             mask=q_ok[:, None] & d_ok[None, :])
+    _store(OUT, q_rows, q_ok, d, d_ok, HEAD_DIM, acc / l_safe[:, None])
     tl.store(LSE + q_rows, m_i + tl.log2(l_safe), mask=q_ok)
 
 
@@ -145,31 +167,18 @@ def _na2d_bwd_query_kernel(Q, K, V, RPB, DOUT, LSE, DELTA, DQ, DRPB,
     logsumexp. d(rpb) of the tile is accumulated in a padded ``[RPB_Y, RPB_X]`` table, then
     written to this program's slot of DRPB (``DETERMINISTIC``: per-program partial sums, later
     reduced in a fixed order) or added to DRPB ``[heads, 2*kh-1, 2*kw-1]`` with atomics."""
-    gy, gx, tile_y, tile_x, len_y, len_x = _group_tile(tl.program_id(0), H, W, DIL_Y, DIL_X,
-                                                       TILE_Y, TILE_X)
-    batch = tl.program_id(1) // HEADS
-    head = tl.program_id(1) % HEADS
+    gy, gx, len_y, len_x, batch, head, first_y, first_x, py, px, q_ok, q_rows = _tile(
+        H, W, HEADS, DIL_Y, DIL_X, TILE_Y, TILE_X)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
-
-    q_idx = tl.arange(0, TILE_Y * TILE_X)
-    py = tile_y * TILE_Y + q_idx // TILE_X
-    px = tile_x * TILE_X + q_idx % TILE_X
-    q_ok = (py < len_y) & (px < len_x)
-    q_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, py, px)
-    q_mask = q_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + q_rows[:, None] * HEAD_DIM + d[None, :], mask=q_mask, other=0.0)
-    dout = tl.load(DOUT + q_rows[:, None] * HEAD_DIM + d[None, :], mask=q_mask, other=0.0)
+    q = _load(Q, q_rows, q_ok, d, d_ok, HEAD_DIM)
+    dout = _load(DOUT, q_rows, q_ok, d, d_ok, HEAD_DIM)
     lse = tl.load(LSE + q_rows, mask=q_ok, other=0.0)
     delta = tl.load(DELTA + q_rows, mask=q_ok, other=0.0)
     start_y = _window_start(py, len_y, KERNEL_Y)
     start_x = _window_start(px, len_x, KERNEL_X)
-    halo_y0 = _window_start(tile_y * TILE_Y, len_y, KERNEL_Y)
-    halo_y1 = _window_start(tl.minimum(tile_y * TILE_Y + TILE_Y, len_y) - 1, len_y,
-                            KERNEL_Y) + KERNEL_Y
-    halo_x0 = _window_start(tile_x * TILE_X, len_x, KERNEL_X)
-    halo_x1 = _window_start(tl.minimum(tile_x * TILE_X + TILE_X, len_x) - 1, len_x,
-                            KERNEL_X) + KERNEL_X
+    halo_y0, halo_y1 = _halo(first_y, len_y, KERNEL_Y, TILE_Y)
+    halo_x0, halo_x1 = _halo(first_x, len_x, KERNEL_X, TILE_X)
 
     # d(rpb) of a block: ds reshaped to [query row, key row] x [query col, key col] pairs, then
     # one-hot matrices sum the pairs of each rpb row (left) and column (right) offset.
@@ -187,9 +196,8 @@ def _na2d_bwd_query_kernel(Q, K, V, RPB, DOUT, LSE, DELTA, DQ, DRPB,
             nx = nx0 + k_idx % KEYS_X
             k_ok = (ny < halo_y1) & (nx < halo_x1)
             k_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, ny, nx)
-            kv_mask = k_ok[:, None] & d_ok[None, :]
-            k = tl.load(K + k_rows[:, None] * HEAD_DIM + d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(V + k_rows[:, None] * HEAD_DIM + d[None, :], mask=kv_mask, other=0.0)
+            k = _load(K, k_rows, k_ok, d, d_ok, HEAD_DIM)
+            v = _load(V, k_rows, k_ok, d, d_ok, HEAD_DIM)
             s = _masked_logits(q, k, py[:, None], px[:, None], ny[None, :], nx[None, :],
                                start_y[:, None], start_x[:, None],
                                q_ok[:, None] & k_ok[None, :], RPB, head, qk_scale,
@@ -202,16 +210,13 @@ def _na2d_bwd_query_kernel(Q, K, V, RPB, DOUT, LSE, DELTA, DQ, DRPB,
                 pairs = tl.reshape(tl.permute(tl.reshape(ds, (TILE_Y, TILE_X, KEYS_Y, KEYS_X)),
                                               (0, 2, 1, 3)),
                                    (TILE_Y * KEYS_Y, TILE_X * KEYS_X))
-                offset_y = (ny0 + pair_y % KEYS_Y - tile_y * TILE_Y - pair_y // KEYS_Y
-                            + KERNEL_Y - 1)
-                offset_x = (nx0 + pair_x % KEYS_X - tile_x * TILE_X - pair_x // KEYS_X
-                            + KERNEL_X - 1)
+                offset_y = ny0 + pair_y % KEYS_Y - first_y - pair_y // KEYS_Y + KERNEL_Y - 1
+                offset_x = nx0 + pair_x % KEYS_X - first_x - pair_x // KEYS_X + KERNEL_X - 1
                 sum_y = (rpb_row[:, None] == offset_y[None, :]).to(tl.float32)
                 sum_x = (offset_x[:, None] == rpb_col[None, :]).to(tl.float32)
                 drpb += tl.dot(tl.dot(sum_y, pairs, input_precision='ieee'), sum_x,
                                input_precision='ieee')
-    tl.store(DQ + q_rows[:, None] * HEAD_DIM + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=q_mask)
+    _store(DQ, q_rows, q_ok, d, d_ok, HEAD_DIM, dq * scale)
     if HAS_RPB:
         if DETERMINISTIC:
             slot = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
@@ -231,33 +236,15 @@ def _na2d_bwd_key_kernel(Q, K, V, RPB, DOUT, LSE, DELTA, DK, DV,
                          BLOCK_D: tl.constexpr, TILE_Y: tl.constexpr, TILE_X: tl.constexpr,
                          QUERIES_Y: tl.constexpr, QUERIES_X: tl.constexpr):
     """dk and dv, key-major: a TILE_Y x TILE_X tile of keys loops over the queries that can
-    attend to it. ``s(p)`` is non-decreasing in ``p``, so the queries of key ``n`` form the
-    range ``max(0, n - k//2) .. (Lg - 1 if n >= Lg - k else n + k//2)``; each candidate is
-    masked by recomputing its own window."""
-    gy, gx, tile_y, tile_x, len_y, len_x = _group_tile(tl.program_id(0), H, W, DIL_Y, DIL_X,
-                                                       TILE_Y, TILE_X)
-    batch = tl.program_id(1) // HEADS
-    head = tl.program_id(1) % HEADS
+    attend to it (see :func:`_queries`), each masked by recomputing its own window."""
+    gy, gx, len_y, len_x, batch, head, first_y, first_x, ny, nx, k_ok, k_rows = _tile(
+        H, W, HEADS, DIL_Y, DIL_X, TILE_Y, TILE_X)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
-
-    k_idx = tl.arange(0, TILE_Y * TILE_X)
-    ny = tile_y * TILE_Y + k_idx // TILE_X
-    nx = tile_x * TILE_X + k_idx % TILE_X
-    k_ok = (ny < len_y) & (nx < len_x)
-    k_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, ny, nx)
-    k_mask = k_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + k_rows[:, None] * HEAD_DIM + d[None, :], mask=k_mask, other=0.0)
-    v = tl.load(V + k_rows[:, None] * HEAD_DIM + d[None, :], mask=k_mask, other=0.0)
-
-    first_y = tile_y * TILE_Y
-    last_y = tl.minimum(first_y + TILE_Y, len_y) - 1
-    first_x = tile_x * TILE_X
-    last_x = tl.minimum(first_x + TILE_X, len_x) - 1
-    queries_y0 = tl.maximum(first_y - KERNEL_Y // 2, 0)
-    queries_y1 = tl.where(last_y >= len_y - KERNEL_Y, len_y, last_y + KERNEL_Y // 2 + 1)
-    queries_x0 = tl.maximum(first_x - KERNEL_X // 2, 0)
-    queries_x1 = tl.where(last_x >= len_x - KERNEL_X, len_x, last_x + KERNEL_X // 2 + 1)
+    k = _load(K, k_rows, k_ok, d, d_ok, HEAD_DIM)
+    v = _load(V, k_rows, k_ok, d, d_ok, HEAD_DIM)
+    queries_y0, queries_y1 = _queries(first_y, len_y, KERNEL_Y, TILE_Y)
+    queries_x0, queries_x1 = _queries(first_x, len_x, KERNEL_X, TILE_X)
 
     dk = tl.zeros([TILE_Y * TILE_X, BLOCK_D], tl.float32)
     dv = tl.zeros([TILE_Y * TILE_X, BLOCK_D], tl.float32)
@@ -268,10 +255,8 @@ def _na2d_bwd_key_kernel(Q, K, V, RPB, DOUT, LSE, DELTA, DK, DV,
             px = px0 + q_idx % QUERIES_X
             q_ok = (py < queries_y1) & (px < queries_x1)
             q_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, py, px)
-            q_mask = q_ok[:, None] & d_ok[None, :]
-            q = tl.load(Q + q_rows[:, None] * HEAD_DIM + d[None, :], mask=q_mask, other=0.0)
-            dout = tl.load(DOUT + q_rows[:, None] * HEAD_DIM + d[None, :], mask=q_mask,
-                           other=0.0)
+            q = _load(Q, q_rows, q_ok, d, d_ok, HEAD_DIM)
+            dout = _load(DOUT, q_rows, q_ok, d, d_ok, HEAD_DIM)
             lse = tl.load(LSE + q_rows, mask=q_ok, other=0.0)
             delta = tl.load(DELTA + q_rows, mask=q_ok, other=0.0)
             start_y = _window_start(py, len_y, KERNEL_Y)
@@ -285,7 +270,5 @@ def _na2d_bwd_key_kernel(Q, K, V, RPB, DOUT, LSE, DELTA, DK, DV,
             dp_t = tl.dot(v, tl.trans(dout), input_precision=PRECISION)
             ds_t = p_t * (dp_t - delta[None, :])
             dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
-    tl.store(DK + k_rows[:, None] * HEAD_DIM + d[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=k_mask)
-    tl.store(DV + k_rows[:, None] * HEAD_DIM + d[None, :], dv.to(DV.dtype.element_ty),
-             mask=k_mask)
+    _store(DK, k_rows, k_ok, d, d_ok, HEAD_DIM, dk * scale)
+    _store(DV, k_rows, k_ok, d, d_ok, HEAD_DIM, dv)
