@@ -106,7 +106,7 @@ def test_cpu_kernels_do_not_depend_on_thread_count():
             results.append([
                 ops.neighbour_dot(x, y, rows.keys, cols.keys, 0.5, rpb, rows.bias, cols.bias),
                 ops.neighbour_weighted_sum(w, y, rows.keys, cols.keys, 0.5),
-                ops.neighbour_scatter(w, x, rows.keys, cols.keys, 2, 2, 0.5),
+                ops.neighbour_scatter(w, x, rows.keys, cols.keys, 0.5),
                 ops.rpb_grad(w, rows.bias, cols.bias)])
     finally:
         torch.set_num_threads(threads)

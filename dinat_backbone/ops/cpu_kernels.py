@@ -21,16 +21,16 @@ import sys
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
+from . import library  # noqa: F401  (defines the operators whose CPU kernels are built here)
 from ._checks import IntOrPair, check_dilation, check_inputs, check_kernel_size
 from .windows import AxisNeighbours, axis_neighbours
 
-__all__ = ['cpu_kernels', 'na2d_cpu', 'takes']
+__all__ = ['cpu_kernels', 'kernels_built', 'na2d_cpu', 'takes']
 
 SOURCE = Path(__file__).parent / 'csrc' / 'na2d_cpu.cpp'
 CPU_DTYPES = (torch.float32, torch.float64)
@@ -85,66 +85,24 @@ def cpu_kernels() -> Optional[Any]:
     return torch.ops.dinat_na2d
 
 
-@lru_cache(maxsize=64)
+@torch.compiler.assume_constant_result
+def kernels_built() -> bool:
+    """Whether the CPU kernels are available (building them if needed). ``torch.compile``
+    evaluates it once, while tracing, instead of tracing the build."""
+    return cpu_kernels() is not None
+
+
 def _tables(length: int, kernel: int, dilation: int) -> AxisNeighbours:
+    if torch.compiler.is_compiling():
+        # Computed in the graph (a few integer ops), which then serves symbolic sizes too.
+        return AxisNeighbours(*axis_neighbours(length, kernel, dilation, torch.device('cpu')))
+    return _cached_tables(length, kernel, dilation)
+
+
+@lru_cache(maxsize=64)
+def _cached_tables(length: int, kernel: int, dilation: int) -> AxisNeighbours:
     keys, bias = axis_neighbours(length, kernel, dilation, torch.device('cpu'))
-    return AxisNeighbours(keys.contiguous(), bias.contiguous(), dilation)
-
-
-class _NeighbourLogits(torch.autograd.Function):
-    """``scale * <q, k> + rpb`` for every query and each of its neighbours."""
-
-    @staticmethod
-    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, rpb: Optional[torch.Tensor],
-                rows: AxisNeighbours, cols: AxisNeighbours, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(query, key)
-        ctx.rows, ctx.cols, ctx.scale = rows, cols, scale
-        return cpu_kernels().neighbour_dot(query, key, rows.keys, cols.keys, scale, rpb,
-                                           rows.bias, cols.bias)
-
-    @staticmethod
-    @once_differentiable  # the kernels have no derivatives of their own
-    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
-        query, key = ctx.saved_tensors
-        rows, cols, scale, ops = ctx.rows, ctx.cols, ctx.scale, cpu_kernels()
-        grad = grad.contiguous()
-        grad_query = grad_key = grad_rpb = None
-        if ctx.needs_input_grad[0]:
-            grad_query = ops.neighbour_weighted_sum(grad, key, rows.keys, cols.keys, scale)
-        if ctx.needs_input_grad[1]:
-            grad_key = ops.neighbour_scatter(grad, query, rows.keys, cols.keys, rows.dilation,
-                                             cols.dilation, scale)
-        if ctx.needs_input_grad[2]:
-            grad_rpb = ops.rpb_grad(grad, rows.bias, cols.bias)
-        return grad_query, grad_key, grad_rpb, None, None, None
-
-
-class _NeighbourValues(torch.autograd.Function):
-    """The attention-weighted sum of every query's neighbouring values."""
-
-    @staticmethod
-    def forward(ctx: Any, attn: torch.Tensor, value: torch.Tensor, rows: AxisNeighbours,
-                cols: AxisNeighbours) -> torch.Tensor:
-        attn = attn.contiguous()
-        ctx.save_for_backward(attn, value)
-        ctx.rows, ctx.cols = rows, cols
-        return cpu_kernels().neighbour_weighted_sum(attn, value, rows.keys, cols.keys, 1.0)
-
-    @staticmethod
-    @once_differentiable  # the kernels have no derivatives of their own
-    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
-        attn, value = ctx.saved_tensors
-        rows, cols, ops = ctx.rows, ctx.cols, cpu_kernels()
-        if grad.stride(-1) != 1:
-            grad = grad.contiguous()
-        grad_attn = grad_value = None
-        if ctx.needs_input_grad[0]:
-            grad_attn = ops.neighbour_dot(grad, value, rows.keys, cols.keys, 1.0, None,
-                                          rows.bias, cols.bias)
-        if ctx.needs_input_grad[1]:
-            grad_value = ops.neighbour_scatter(attn, grad, rows.keys, cols.keys, rows.dilation,
-                                               cols.dilation, 1.0)
-        return grad_attn, grad_value, None, None
+    return AxisNeighbours(keys.contiguous(), bias.contiguous())
 
 
 def na2d_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -158,7 +116,7 @@ def na2d_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     if not takes(query):
         raise TypeError('The CPU kernels take float32 or float64 CPU tensors, got '
                         f'{query.dtype} on {query.device}.')
-    if cpu_kernels() is None:
+    if not kernels_built():
         raise RuntimeError('The CPU neighbourhood-attention kernels could not be built; '
                            "see the warning above, or use backend='torch'.")
     b, height, width, heads, dim = query.shape
@@ -169,8 +127,10 @@ def na2d_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
     if rpb is not None:
         rpb = rpb.to(query.dtype)
-    logits = _NeighbourLogits.apply(query, key, rpb, rows, cols, scale)  # [B, H, W, heads, k*k]
+    ops = torch.ops.dinat_na2d  # differentiable: see .library
+    logits = ops.neighbour_dot(query, key, rows.keys, cols.keys, scale, rpb, rows.bias,
+                               cols.bias)  # [B, H, W, heads, k*k]
     attn = logits.softmax(-1)
     if attn_drop > 0.0:
         attn = F.dropout(attn, p=attn_drop)
-    return _NeighbourValues.apply(attn, value, rows, cols)
+    return ops.neighbour_weighted_sum(attn.contiguous(), value, rows.keys, cols.keys, 1.0)

@@ -1,5 +1,6 @@
 """2-D (dilated) neighbourhood attention with relative positional bias: :func:`na2d`, the choice
-of its backend, and its pure-PyTorch implementations (tiled for eager code, gather for export).
+of its backend, and its pure-PyTorch implementations (tiled for eager code, gather for export
+and tracing).
 
 Semantics (per axis of length ``L``, odd kernel ``k``, dilation ``d``), as in NATTEN <= 0.17:
 query ``i`` belongs to dilation group ``g = i % d`` (the sub-grid ``g, g + d, ...`` of length
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import IntOrPair, check_dilation, check_inputs, check_kernel_size
-from .cpu_kernels import cpu_kernels, na2d_cpu, takes
+from .cpu_kernels import kernels_built, na2d_cpu, takes
 from .windows import axis_neighbours
 
 __all__ = ['na2d', 'na2d_tiled', 'na2d_gather', 'select_backend']
@@ -175,13 +176,14 @@ def na2d_tiled(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
 def na2d_gather(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kernel_size: IntOrPair, dilation: IntOrPair = 1,
-                rpb: Optional[torch.Tensor] = None, scale: Optional[float] = None
-                ) -> torch.Tensor:
+                rpb: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+                attn_drop: float = 0.0) -> torch.Tensor:
     """Neighbourhood attention by gathering every query's ``k*k`` keys (same arguments as
-    :func:`na2d`, no dropout).
+    :func:`na2d`).
 
     Every index is a tensor op on ``arange(H)``/``arange(W)``, so the graph stays valid for any
-    input size: :func:`na2d` uses it when exporting (ONNX with dynamic height/width). It holds
+    input size: :func:`na2d` uses it when exporting (ONNX with dynamic height/width) and under
+    ``torch.jit.trace``, where its two einsums are the attention's multiply-adds. It holds
     ``k*k`` copies of the keys and values (``O(H*W*k*k*C)`` memory), so eager code uses the
     tiled :func:`na2d_tiled` instead.
     """
@@ -199,6 +201,8 @@ def na2d_gather(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         logits = logits + bias.flatten(3, 4).permute(1, 2, 0, 3).to(logits.dtype)
     softmax_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else None
     attn = logits.softmax(-1, dtype=softmax_dtype).to(query.dtype)
+    if attn_drop > 0.0:
+        attn = F.dropout(attn, p=attn_drop)
     return torch.einsum('byxhn,byxnhd->byxhd', attn, v)
 
 
@@ -248,8 +252,7 @@ def select_backend(query: torch.Tensor, rpb: Optional[torch.Tensor], backend: st
         return backend
     if rpb is None and attn_drop == 0.0 and _natten_fused_available(query):
         return 'natten'
-    if (takes(query) and not _groups_fit_one_tile(query, dilation)
-            and cpu_kernels() is not None):
+    if takes(query) and not _groups_fit_one_tile(query, dilation) and kernels_built():
         return 'cpu'
     return 'torch'
 
@@ -286,11 +289,13 @@ def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         >>> na2d(q, k, v, kernel_size=7, dilation=2).shape
         torch.Size([2, 32, 40, 4, 16])
     """
-    if torch.compiler.is_exporting():
+    if torch.compiler.is_exporting() or torch.jit.is_tracing():
         # Export traces shapes symbolically: the gather form has no size-dependent tiling.
+        # torch.jit.trace (ONNX, mmengine's FLOP analysis) records ATen operators, and the
+        # gather form's are all it knows: its einsums count as the attention's multiply-adds.
         check_inputs(query, key, value, check_kernel_size(kernel_size),
                      check_dilation(dilation), rpb)
-        return na2d_gather(query, key, value, kernel_size, dilation, rpb, scale)
+        return na2d_gather(query, key, value, kernel_size, dilation, rpb, scale, attn_drop)
     backend = select_backend(query, rpb, backend, attn_drop, dilation)
     if backend == 'cpu':
         return na2d_cpu(query, key, value, kernel_size, dilation, rpb, scale, attn_drop)

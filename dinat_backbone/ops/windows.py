@@ -20,4 +20,3 @@ class AxisNeighbours(NamedTuple):
     """Neighbour tables of one axis (the CPU kernels' inputs), ``int64``, contiguous."""
     keys: torch.Tensor  # [L, k] key position of each query's neighbours
     bias: torch.Tensor  # [L, k] their rpb index, 0 .. 2k-2
-    dilation: int

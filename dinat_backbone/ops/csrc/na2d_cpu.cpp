@@ -1,5 +1,7 @@
 // CPU kernels of 2-D (dilated) neighbourhood attention, built on first use by
-// dinat_backbone/ops/cpu_kernels.py (torch.utils.cpp_extension, cached per machine).
+// dinat_backbone/ops/cpu_kernels.py (torch.utils.cpp_extension, cached per machine). They are
+// the CPU implementations of the dinat_na2d operators, whose schemas, fake (meta) functions and
+// derivatives are registered in dinat_backbone/ops/library.py.
 //
 // Tensors use NATTEN's heads-last layout: features [B, H, W, heads, D] with D contiguous (any
 // other strides), attention weights [B, H, W, heads, kh*kw] contiguous. The window arithmetic
@@ -142,7 +144,8 @@ void check_weights(const at::Tensor& w, const at::Tensor& features, int64_t K) {
 
 at::Tensor neighbour_dot(const at::Tensor& x, const at::Tensor& y, const at::Tensor& nbr_h,
                          const at::Tensor& nbr_w, double scale, const std::optional<at::Tensor>& rpb,
-                         const at::Tensor& bias_h, const at::Tensor& bias_w) {
+                         const std::optional<at::Tensor>& bias_h,
+                         const std::optional<at::Tensor>& bias_w) {
   check_features(x, "x");
   check_features(y, "y");
   TORCH_CHECK(x.sizes() == y.sizes() && x.scalar_type() == y.scalar_type(),
@@ -157,8 +160,9 @@ at::Tensor neighbour_dot(const at::Tensor& x, const at::Tensor& y, const at::Ten
     TORCH_CHECK(table.scalar_type() == x.scalar_type() &&
                     table.sizes() == at::IntArrayRef({heads, 2 * kh - 1, 2 * kw - 1}),
                 "rpb must be [heads, 2*kh-1, 2*kw-1] of the inputs' dtype");
-    check_table(bias_h, H, "bias_h");
-    check_table(bias_w, W, "bias_w");
+    TORCH_CHECK(bias_h && bias_w, "rpb needs its index tables bias_h and bias_w");
+    check_table(*bias_h, H, "bias_h");
+    check_table(*bias_w, W, "bias_w");
   }
   auto out = at::empty({B, H, W, heads, K}, x.options());
   const FeatureStrides xs(x), ys(y);
@@ -168,8 +172,8 @@ at::Tensor neighbour_dot(const at::Tensor& x, const at::Tensor& y, const at::Ten
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* yp = y.data_ptr<scalar_t>();
     const scalar_t* bp = rpb ? table.data_ptr<scalar_t>() : nullptr;
-    const int64_t* brows = rpb ? bias_h.data_ptr<int64_t>() : nullptr;
-    const int64_t* bcols = rpb ? bias_w.data_ptr<int64_t>() : nullptr;
+    const int64_t* brows = rpb ? bias_h->data_ptr<int64_t>() : nullptr;
+    const int64_t* bcols = rpb ? bias_w->data_ptr<int64_t>() : nullptr;
     const int64_t bias_cols = 2 * kw - 1, bias_head = (2 * kh - 1) * bias_cols;
     scalar_t* op = out.data_ptr<scalar_t>();
     const scalar_t s = static_cast<scalar_t>(scale);
@@ -263,16 +267,23 @@ std::vector<AxisBlock> axis_blocks(int64_t length, int64_t kernel, int64_t dilat
   return blocks;
 }
 
+// The dilation of an axis, read from its table: a query's neighbours are `dilation` apart
+// (any value is race-free for k = 1, where each query writes only its own key).
+int64_t table_dilation(const at::Tensor& nbr) {
+  const int64_t* first = nbr.data_ptr<int64_t>();
+  return nbr.size(1) > 1 ? first[1] - first[0] : 1;
+}
+
 at::Tensor neighbour_scatter(const at::Tensor& w, const at::Tensor& z, const at::Tensor& nbr_h,
-                             const at::Tensor& nbr_w, int64_t dilation_h, int64_t dilation_w,
-                             double scale) {
+                             const at::Tensor& nbr_w, double scale) {
   check_features(z, "z");
   const int64_t B = z.size(0), H = z.size(1), W = z.size(2), heads = z.size(3), D = z.size(4);
   check_table(nbr_h, H, "nbr_h");
   check_table(nbr_w, W, "nbr_w");
   const int64_t kh = nbr_h.size(1), kw = nbr_w.size(1), K = kh * kw;
+  const int64_t dilation_h = table_dilation(nbr_h), dilation_w = table_dilation(nbr_w);
   TORCH_CHECK(dilation_h >= 1 && dilation_h * kh <= H && dilation_w >= 1 && dilation_w * kw <= W,
-              "dilations must be in [1, size / kernel] per axis");
+              "the tables' dilations must be in [1, size / kernel] per axis");
   check_weights(w, z, K);
   auto out = at::zeros({B, H, W, heads, D}, z.options());
   const FeatureStrides zs(z);
@@ -359,15 +370,10 @@ at::Tensor rpb_grad(const at::Tensor& grad, const at::Tensor& bias_h, const at::
 
 }  // namespace
 
-TORCH_LIBRARY(dinat_na2d, m) {
-  m.def("neighbour_dot(Tensor x, Tensor y, Tensor nbr_h, Tensor nbr_w, float scale, Tensor? rpb, "
-        "Tensor bias_h, Tensor bias_w) -> Tensor",
-        &neighbour_dot);
-  m.def("neighbour_weighted_sum(Tensor w, Tensor y, Tensor nbr_h, Tensor nbr_w, float scale) "
-        "-> Tensor",
-        &neighbour_weighted_sum);
-  m.def("neighbour_scatter(Tensor w, Tensor z, Tensor nbr_h, Tensor nbr_w, int dilation_h, "
-        "int dilation_w, float scale) -> Tensor",
-        &neighbour_scatter);
-  m.def("rpb_grad(Tensor grad, Tensor bias_h, Tensor bias_w) -> Tensor", &rpb_grad);
+// The schemas are defined in Python (library.py), so that every backend registers against them.
+TORCH_LIBRARY_IMPL(dinat_na2d, CPU, m) {
+  m.impl("neighbour_dot", &neighbour_dot);
+  m.impl("neighbour_weighted_sum", &neighbour_weighted_sum);
+  m.impl("neighbour_scatter", &neighbour_scatter);
+  m.impl("rpb_grad", &rpb_grad);
 }
