@@ -9,15 +9,12 @@ the neighbours with the rpb added (``[B, H, W, heads, kh*kw]``), softmax and dro
 PyTorch, and the weighted sum of the values; memory stays ``O(H * W * heads * kh*kw)``.
 :func:`~dinat_backbone.ops.select_backend` says where ``na2d`` uses them.
 
-The kernels are compiled on first use with ``torch.utils.cpp_extension`` (about 20 s, once per
-environment and machine; needs a C++ compiler and ninja). If that fails, :func:`cpu_kernels`
+The kernels are compiled by the set-up step (``python -m dinat_backbone.ops.build``) or else on
+first use (about 20 s, once per source and toolchain; needs a C++ compiler and ninja), into a
+cache shared by checkouts and environments (:mod:`.build`). If that fails, :func:`cpu_kernels`
 warns once and returns None, and ``na2d`` uses the tiled implementation.
 """
-import hashlib
-import os
 import platform
-import shutil
-import sys
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -41,42 +38,17 @@ def takes(tensor: torch.Tensor) -> bool:
     return tensor.device.type == 'cpu' and tensor.dtype in CPU_DTYPES
 
 
-def _build_directory() -> Path:
-    """One build per environment (its torch headers) and CPU (the kernels are compiled for the
-    host's ISA), so that two environments sharing a home do not rebuild each other's."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        flags = next(line for line in Path('/proc/cpuinfo').read_text().splitlines()
-                     if line.startswith('flags'))
-    except (OSError, StopIteration):
-        flags = ''
-    key = f'{sys.prefix}|{torch.__version__}|{cpu}|{flags}'
-    tag = hashlib.sha1(key.encode()).hexdigest()[:12]
-    root = Path(os.environ.get('DINAT_EXTENSIONS_DIR',
-                               Path.home() / '.cache' / 'dinat-backbone' / 'extensions'))
-    return root / f'na2d_cpu-{tag}'
-
-
 @lru_cache(maxsize=None)
 def cpu_kernels() -> Optional[Any]:
-    """The compiled kernels (``torch.ops.dinat_na2d``), building them if needed; None if the
-    build fails (with a warning naming the error)."""
-    from torch.utils.cpp_extension import load
-    if shutil.which('ninja') is None:  # the pip package's binary, when its venv is not on PATH
-        try:
-            import ninja
-            os.environ['PATH'] = ninja.BIN_DIR + os.pathsep + os.environ.get('PATH', '')
-        except ImportError:
-            pass  # load() then fails with torch's own "Ninja is required" message
-    build_dir = _build_directory()
+    """The compiled kernels (``torch.ops.dinat_na2d``), building them if needed
+    (:func:`~dinat_backbone.ops.build.load_extension`); None if the build fails (with a
+    warning naming the error)."""
+    # imported here, not at the top: `python -m dinat_backbone.ops.build` must find that module
+    # not yet imported by `dinat_backbone.ops`
+    from .build import load_extension
     flags = ['-O3', '-fopenmp'] + (['-march=native'] if platform.machine() == 'x86_64' else [])
     try:
-        build_dir.mkdir(parents=True, exist_ok=True)
-        if not any(build_dir.glob('*.so')):
-            print('dinat_backbone: compiling the CPU neighbourhood-attention kernels '
-                  f'(once per environment, about 20 s) in {build_dir}', file=sys.stderr)
-        load(name='dinat_na2d_cpu', sources=[str(SOURCE)], build_directory=str(build_dir),
-             extra_cflags=flags, extra_ldflags=['-fopenmp'], is_python_module=False)
+        load_extension('dinat_na2d_cpu', [SOURCE], cflags=flags, ldflags=['-fopenmp'])
     except Exception as err:  # no compiler or ninja, unwritable cache, failed build
         warnings.warn('dinat_backbone: could not build the CPU neighbourhood-attention kernels '
                       f'({type(err).__name__}: {err}); using the slower tiled PyTorch '
