@@ -12,14 +12,14 @@ sha256 of its library in ``build.json``. The library is checked against that che
 it is loaded, so a truncated or overwritten file is rebuilt instead of mapped (a truncated
 mapping kills the process with SIGBUS). A lock file naming its process keeps concurrent
 processes from building the same key twice; a lock whose process is gone, or older than any
-build, is broken. The lock only saves work: correctness rests on the private directories and
-the atomic rename.
+build, is broken. No process ever sees a partial build: that rests on the private directories
+and the atomic rename, not on the lock.
 
 Cache root (``DINAT_EXTENSIONS_DIR``, default ``~/.cache/dinat-backbone/extensions``)::
 
     <name>-<key>/               a complete build: sources, torch's build files, the library
                                 and build.json
-    <name>-<key>.lock           held while <name>-<key> is being built
+    <name>-<key>.lock           held while <name>-<key> is being built (pid and host)
     <name>-<key>.tmp-<pid>/     a build in progress (or left by a killed one)
 
 ``python -m dinat_backbone.ops.build`` builds the package's kernels ahead of time.
@@ -128,17 +128,17 @@ def _stale_reason(lock: Path) -> Optional[str]:
     None while its holder may still be building."""
     try:
         age = time.time() - lock.stat().st_mtime
-        holder = json.loads(lock.read_text() or '{}')
+        holder = json.loads(lock.read_text())
     except FileNotFoundError:
         return None  # released meanwhile
-    except (OSError, ValueError):
-        holder = {}  # being written by its creator, or garbage: only its age counts
+    except ValueError:
+        holder = None  # empty while its creator writes it, or garbage: only its age counts
     if age > STALE_LOCK_S:
         return f'held for {age / 60:.0f} min, longer than any build'
-    pid = holder.get('pid')
-    if (holder.get('host') == socket.gethostname() and isinstance(pid, int)
-            and not _process_alive(pid)):
-        return f'its process {pid} is gone'
+    if isinstance(holder, dict) and holder.get('host') == socket.gethostname():
+        pid = holder.get('pid')
+        if isinstance(pid, int) and not _process_alive(pid):
+            return f'its process {pid} is gone'
     return None
 
 
@@ -156,14 +156,14 @@ def _build_lock(lock: Path) -> Iterator[None]:
         reason = _stale_reason(lock)
         if reason is not None:
             _say(f'breaking the build lock {lock} ({reason}).')
-            lock.unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)  # two breakers at once: the later rename fails
             continue
         if not waiting:
             _say(f'waiting for another process to finish building (lock {lock}).')
             waiting = True
         time.sleep(_POLL_S)
     with os.fdopen(fd, 'w') as f:
-        json.dump({'pid': os.getpid(), 'host': socket.gethostname(), 'time': time.time()}, f)
+        json.dump({'pid': os.getpid(), 'host': socket.gethostname()}, f)
     try:
         yield
     finally:
