@@ -15,15 +15,17 @@ def neighbours(length: int, kernel: int, dilation: int) -> list:
 
 
 def oracle(q, k, v, kernel, dilation, rpb=None, scale=None):
-    """Full attention over all H*W keys with a -inf mask outside each query's neighbourhood."""
+    """Full attention over all H*W keys with a -inf mask outside each query's neighbourhood.
+    ``kernel`` and ``dilation`` are ints or (rows, columns) pairs."""
     b, h, w, heads, dim = q.shape
     scale = dim ** -0.5 if scale is None else scale
-    rows = torch.tensor(neighbours(h, kernel, dilation))  # [h, kernel]
-    cols = torch.tensor(neighbours(w, kernel, dilation))  # [w, kernel]
-    y, x, ty, tx = torch.meshgrid(torch.arange(h), torch.arange(w), torch.arange(kernel),
-                                  torch.arange(kernel), indexing='ij')
+    (kh, kw), (dh, dw) = ((t, t) if isinstance(t, int) else t for t in (kernel, dilation))
+    rows = torch.tensor(neighbours(h, kh, dh))  # [h, kh]
+    cols = torch.tensor(neighbours(w, kw, dw))  # [w, kw]
+    y, x, ty, tx = torch.meshgrid(torch.arange(h), torch.arange(w), torch.arange(kh),
+                                  torch.arange(kw), indexing='ij')
     ky, kx = rows[y, ty], cols[x, tx]
-    dy, dx = (ky - y) // dilation + kernel - 1, (kx - x) // dilation + kernel - 1
+    dy, dx = (ky - y) // dh + kh - 1, (kx - x) // dw + kw - 1
     bias = torch.full((heads, h, w, h, w), float('-inf'), dtype=q.dtype)
     bias[:, y, x, ky, kx] = 0.0 if rpb is None else rpb[:, dy, dx]
     logits = torch.einsum('byxhd,bijhd->bhyxij', q * scale, k) + bias

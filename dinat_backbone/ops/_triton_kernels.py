@@ -70,9 +70,9 @@ def _halo(first, group_len, KERNEL, TILE: tl.constexpr):
 def _queries(first, group_len, KERNEL, TILE: tl.constexpr):
     """Queries ``[lo, hi)`` of one axis that see some key of ``first .. first + TILE - 1``.
     ``s(p)`` is non-decreasing in ``p``, so key ``n`` is seen by the range
-    ``max(0, n - k//2) .. (Lg - 1 if n >= Lg - k else n + k//2)``."""
+    ``(0 if n < k else n - k//2) .. (Lg - 1 if n >= Lg - k else n + k//2)``."""
     last = tl.minimum(first + TILE, group_len) - 1
-    return (tl.maximum(first - KERNEL // 2, 0),
+    return (tl.where(first < KERNEL, 0, first - KERNEL // 2),
             tl.where(last >= group_len - KERNEL, group_len, last + KERNEL // 2 + 1))
 
 

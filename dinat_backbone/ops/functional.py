@@ -9,8 +9,9 @@ query ``i`` belongs to dilation group ``g = i % d`` (the sub-grid ``g, g + d, ..
 borders and every query sees exactly ``k`` keys per axis. The bias for key position ``n`` of the
 group is ``rpb[n - p + k - 1]``; 2-D attention is the product of the two axes.
 
-Backends: NATTEN's fused kernels on CUDA where they apply (no rpb), our compiled CPU kernels
-(:mod:`.cpu_kernels`), and the tiled implementation below for everything else.
+Backends: NATTEN's fused kernels on CUDA where they apply (no rpb), our fused Triton kernels on
+CUDA (:mod:`.triton_na2d`), our compiled CPU kernels (:mod:`.cpu_kernels`), and the tiled
+implementation below for everything else.
 
 Tiled implementation: queries of each dilation group are cut into tiles of ``T`` consecutive
 positions per axis. The keys of a tile's windows all lie in a halo of ``T + k - 1`` positions, so
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 from ._checks import IntOrPair, check_dilation, check_inputs, check_kernel_size
 from .cpu_kernels import kernels_built, na2d_cpu, takes
+from .triton_na2d import na2d_triton, triton_supports
 from .windows import axis_neighbours
 
 __all__ = ['na2d', 'na2d_tiled', 'na2d_gather', 'select_backend']
@@ -229,19 +231,26 @@ def _groups_fit_one_tile(query: torch.Tensor, dilation: IntOrPair) -> bool:
 
 
 def select_backend(query: torch.Tensor, rpb: Optional[torch.Tensor], backend: str = 'auto',
-                   attn_drop: float = 0.0, dilation: IntOrPair = 1) -> str:
-    """Return ``'natten'``, ``'cpu'`` or ``'torch'``: which implementation :func:`na2d` runs.
+                   attn_drop: float = 0.0, dilation: IntOrPair = 1,
+                   kernel_size: Optional[IntOrPair] = None) -> str:
+    """Return ``'natten'``, ``'triton'``, ``'cpu'`` or ``'torch'``: which implementation
+    :func:`na2d` runs.
 
     ``auto`` picks NATTEN's fused kernels only when they apply: no rpb and no attention
-    dropout (NATTEN >= 0.20 has neither) and a CUDA tensor with libnatten. On the CPU it picks
+    dropout (NATTEN >= 0.20 has neither) and a CUDA tensor with libnatten. Other CUDA tensors
+    get our fused Triton kernels (:mod:`~dinat_backbone.ops.triton_na2d`) where Triton imports
+    and they take the dtype, head dim and ``kernel_size`` (taken from ``rpb`` when not given),
+    and no attention dropout; else the tiled implementation. On the CPU it picks
     our compiled kernels (:mod:`~dinat_backbone.ops.cpu_kernels`) for float32/float64 when
     they build, except where each dilation group fits one tile of the tiled pure-PyTorch
     implementation (``'torch'``), which is faster there and runs everywhere else.
     ``natten`` forces NATTEN (its CPU path is a slow forward-only reference, useful for
-    testing), ``cpu`` and ``torch`` force ours.
+    testing), ``triton``, ``cpu`` and ``torch`` force ours (``triton`` on CPU tensors needs
+    ``TRITON_INTERPRET=1``, for tests).
     """
-    if backend not in ('auto', 'torch', 'cpu', 'natten'):
-        raise ValueError(f"backend must be 'auto', 'torch', 'cpu' or 'natten', got {backend=}.")
+    if backend not in ('auto', 'torch', 'cpu', 'natten', 'triton'):
+        raise ValueError("backend must be 'auto', 'torch', 'cpu', 'natten' or 'triton', got "
+                         f"{backend=}.")
     if backend == 'natten' and rpb is not None:
         raise ValueError('NATTEN >= 0.20 has no relative positional bias; '
                          "use backend='torch' or 'auto' with rpb.")
@@ -252,6 +261,10 @@ def select_backend(query: torch.Tensor, rpb: Optional[torch.Tensor], backend: st
         return backend
     if rpb is None and attn_drop == 0.0 and _natten_fused_available(query):
         return 'natten'
+    if kernel_size is None and rpb is not None:
+        kernel_size = (rpb.shape[1] // 2 + 1, rpb.shape[2] // 2 + 1)
+    if triton_supports(query, kernel_size, attn_drop):
+        return 'triton'
     if takes(query) and not _groups_fit_one_tile(query, dilation) and kernels_built():
         return 'cpu'
     return 'torch'
@@ -274,7 +287,7 @@ def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         attn_drop (float): dropout probability on the attention weights (pass 0 in eval).
             NATTEN >= 0.20 has no attention dropout, so ``auto`` uses ours when > 0.
             Default: 0.
-        backend (str): ``'auto'``, ``'cpu'``, ``'torch'`` or ``'natten'``, see
+        backend (str): ``'auto'``, ``'triton'``, ``'cpu'``, ``'torch'`` or ``'natten'``, see
             :func:`select_backend`.
 
     Returns:
@@ -296,7 +309,9 @@ def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         check_inputs(query, key, value, check_kernel_size(kernel_size),
                      check_dilation(dilation), rpb)
         return na2d_gather(query, key, value, kernel_size, dilation, rpb, scale, attn_drop)
-    backend = select_backend(query, rpb, backend, attn_drop, dilation)
+    backend = select_backend(query, rpb, backend, attn_drop, dilation, kernel_size)
+    if backend == 'triton':
+        return na2d_triton(query, key, value, kernel_size, dilation, rpb, scale, attn_drop)
     if backend == 'cpu':
         return na2d_cpu(query, key, value, kernel_size, dilation, rpb, scale, attn_drop)
     if backend == 'natten':

@@ -61,11 +61,12 @@ def _interpreting() -> bool:
     return os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
 
 
-def triton_supports(query: torch.Tensor, kernel_size: IntOrPair, attn_drop: float = 0.0
-                    ) -> bool:
+def triton_supports(query: torch.Tensor, kernel_size: Optional[IntOrPair],
+                    attn_drop: float = 0.0) -> bool:
     """Whether ``backend='auto'`` may run the kernels: a CUDA tensor of a supported dtype and
-    head dim, a supported kernel size, no attention dropout, and Triton importable."""
-    kernel = check_kernel_size(kernel_size)
+    head dim, a supported kernel size (None: not known, not checked), no attention dropout,
+    and Triton importable."""
+    kernel = (KERNEL_SIZES[0],) if kernel_size is None else check_kernel_size(kernel_size)
     return (query.is_cuda and query.dtype in TRITON_DTYPES
             and query.shape[-1] <= MAX_HEAD_DIM and all(k in KERNEL_SIZES for k in kernel)
             and attn_drop == 0.0 and triton_kernels() is not None)

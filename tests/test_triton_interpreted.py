@@ -1,0 +1,196 @@
+"""The Triton kernels (``backend='triton'``) run under Triton's interpreter on CPU tensors,
+against the float64 oracle and NATTEN 0.17.5's saved outputs.
+
+Triton reads ``TRITON_INTERPRET=1`` when the kernels are defined, so this module runs only in a
+process started with it: ``test_triton_na2d.py::test_kernels_under_the_interpreter`` starts one.
+The interpreter runs bfloat16 matmuls wrongly, so float32 and float16 are checked here (bfloat16
+by ``tools/benchmark_gpu.py`` on a GPU).
+"""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from na_oracle import oracle
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get('TRITON_INTERPRET') != '1',
+    reason='needs TRITON_INTERPRET=1 at start-up; test_triton_na2d.py runs it in a subprocess')
+
+triton = pytest.importorskip('triton')
+from triton.runtime.interpreter import InterpreterBuilder  # noqa: E402
+
+from dinat_backbone.ops import na2d, na2d_tiled  # noqa: E402
+from dinat_backbone.ops.triton_na2d import (_backward_query, _forward,  # noqa: E402
+                                            na2d_triton, triton_kernels)
+
+DATA = Path(__file__).parent / 'data'
+
+# (batch, height, width, heads, head_dim), kernel, dilation. The kernels tile each dilation
+# group in 8x8 blocks, so maps wider than 8 per group also cross tile borders.
+SHAPES = [
+    ((1, 9, 11, 2, 4), 3, 1),            # odd sizes, two tiles in x
+    ((1, 10, 7, 3, 4), 3, 2),            # groups of unequal length in x (4 and 3)
+    ((1, 15, 10, 2, 16), 5, 2),          # unequal groups in y (8, 7); k * d = width
+    ((1, 21, 23, 2, 32), 7, 3),          # k * d = height; groups 8, 8, 7 in x
+    ((1, 14, 19, 1, 64), 7, 1),          # head dim 64; borders; three tiles in x
+    ((1, 20, 26, 1, 8), 5, 1),           # 3 x 4 tiles: halos across tile borders
+    ((2, 9, 13, 2, 6), (3, 5), (3, 2)),  # rectangular kernel and dilation, batch 2
+    ((1, 13, 13, 1, 16), 13, 1),         # the largest kernel, as large as the map
+    ((1, 24, 23, 1, 32), 11, 2),         # Mask2Former's kernel, dilated
+    ((1, 18, 9, 1, 24), 3, (6, 3)),      # head dim 24 (padded to 32); k * d = both sides
+]
+
+
+def make_case(shape, kernel, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    q, k, v = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3))
+    rpb = torch.randn(shape[3], 2 * kh - 1, 2 * kw - 1, generator=gen, dtype=torch.float64)
+    grad = torch.randn(shape, generator=gen, dtype=torch.float64)
+    # The oracle sees the same (rounded) inputs as the kernels.
+    return [t.to(dtype) for t in (q, k, v, rpb)], grad
+
+
+def relative_error(actual, expected):
+    return ((actual.double() - expected).abs().max() / expected.abs().max()).item()
+
+
+def run_against_oracle(shape, kernel, dilation, dtype, tolerance, seed, with_rpb=True,
+                       backend=None):
+    """Forward and the four gradients of the kernels (``backend=None``: ``na2d_triton``
+    itself) against the float64 oracle, as relative max errors."""
+    inputs, grad = make_case(shape, kernel, dtype, seed)
+    if not with_rpb:
+        inputs[3] = None
+    ours = [None if t is None else t.clone().requires_grad_() for t in inputs]
+    ref = [None if t is None else t.double().requires_grad_() for t in inputs]
+    if backend is None:
+        out = na2d_triton(*ours[:3], kernel, dilation, rpb=ours[3])
+    else:
+        out = na2d(*ours[:3], kernel, dilation, rpb=ours[3], backend=backend)
+    out.backward(grad.to(dtype))
+    expected = oracle(*ref[:3], kernel, dilation, rpb=ref[3])
+    expected.backward(grad)
+    assert out.dtype == dtype
+    errors = {'out': relative_error(out, expected)}
+    for name, a, b in zip(('q', 'k', 'v', 'rpb'), ours, ref):
+        if a is not None:
+            assert a.grad.dtype == dtype
+            errors[name] = relative_error(a.grad, b.grad)
+    assert max(errors.values()) <= tolerance, errors
+
+
+@pytest.mark.parametrize('shape,kernel,dilation', SHAPES)
+def test_float32_forward_and_gradients_match_oracle(shape, kernel, dilation):
+    run_against_oracle(shape, kernel, dilation, torch.float32, 1e-5, seed=shape[1] * shape[2])
+
+
+@pytest.mark.parametrize('shape,kernel,dilation', [SHAPES[2], SHAPES[3], SHAPES[6]])
+def test_float16_forward_and_gradients_match_oracle(shape, kernel, dilation):
+    # float16 inputs, float32 accumulation: probabilities and ds are rounded to float16 for
+    # the matmuls, as in FlashAttention.
+    run_against_oracle(shape, kernel, dilation, torch.float16, 2e-3, seed=shape[1])
+
+
+def test_without_rpb_through_na2d():
+    run_against_oracle((1, 12, 17, 2, 8), 5, (2, 3), torch.float32, 1e-5, seed=3,
+                       with_rpb=False, backend='triton')
+
+
+def test_matches_natten_0_17_5_outputs():
+    """Six cases saved from NATTEN 0.17.5 (float64, layout [B, heads, H, W, D]), run in
+    float32: head dims 4, 6 and 8."""
+    cases = torch.load(DATA / 'natten_0.17.5_na2d_rpb.pt', weights_only=True)['cases']
+    assert len(cases) == 6
+    for case in cases:
+        kernel, dilation = int(case['kernel_size']), int(case['dilation'])
+        q, k, v = (case[n].permute(0, 2, 3, 1, 4).float().requires_grad_() for n in 'qkv')
+        rpb = case['rpb'].float().requires_grad_()
+        out = na2d(q, k, v, kernel, dilation, rpb=rpb, backend='triton').permute(0, 3, 1, 2, 4)
+        assert relative_error(out, case['out']) <= 1e-5
+        (out * case['grad_out'].float()).sum().backward()
+        for name, tensor in zip('qkv', (q, k, v)):
+            assert relative_error(tensor.grad.permute(0, 3, 1, 2, 4), case[f'grad_{name}']) <= 1e-5
+        assert relative_error(rpb.grad, case['grad_rpb']) <= 1e-5
+
+
+class AtomicCounter:
+    """Counts the atomic read-modify-writes the interpreter executes."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        original = InterpreterBuilder.create_atomic_rmw
+
+        def counting(builder, *args, **kwargs):
+            self.calls += 1
+            return original(builder, *args, **kwargs)
+
+        monkeypatch.setattr(InterpreterBuilder, 'create_atomic_rmw', counting)
+
+
+# Heads 2; 2 x 1 tiles per dilation group (9 rows; 5 columns), 1 x 2 groups.
+PARTIALS_CASE = (1, 9, 10, 2, 4), 5, (1, 2)
+
+
+def rpb_grad_of_two_runs(deterministic):
+    shape, kernel, dilation = PARTIALS_CASE
+    inputs, grad = make_case(shape, kernel, torch.float32, seed=5)
+    results = []
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        for _ in range(2):
+            rpb = inputs[3].clone().requires_grad_()
+            out = na2d_triton(*inputs[:3], kernel, dilation, rpb=rpb)
+            out.backward(grad.float())
+            results.append(rpb.grad)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    return results
+
+
+def test_deterministic_rpb_grad_uses_per_program_partials_and_no_atomics(monkeypatch):
+    counter = AtomicCounter(monkeypatch)
+    first, second = rpb_grad_of_two_runs(deterministic=True)
+    assert counter.calls == 0
+    assert torch.equal(first, second)
+
+    counter.calls = 0
+    atomic, _ = rpb_grad_of_two_runs(deterministic=False)
+    assert counter.calls > 0  # the counter does see the other mode's atomics
+    torch.testing.assert_close(atomic, first, rtol=1e-6, atol=1e-6)
+
+    # The partials: one padded table per (batch * head, program), summed in a fixed order.
+    shape, kernel, dilation = PARTIALS_CASE
+    (q, k, v, rpb), grad = make_case(shape, kernel, torch.float32, seed=5)
+    scale = shape[-1] ** -0.5
+    out, lse = _forward(triton_kernels(), q, k, v, rpb, (5, 5), dilation, scale)
+    delta = (grad.float() * out).sum(-1)
+    _, grad_rpb, partials = _backward_query(triton_kernels(), q, k, v, rpb, grad.float(), lse,
+                                            delta, (5, 5), dilation, scale, deterministic=True)
+    assert partials.shape == (2, 2 * 2, 16, 16)  # [batch * heads, programs, padded table]
+    assert (partials[..., 9:, :] == 0).all() and (partials[..., 9:] == 0).all()
+    torch.testing.assert_close(partials.view(1, 2, 4, 16, 16).sum((0, 2))[:, :9, :9],
+                               grad_rpb, rtol=0, atol=0)
+    torch.testing.assert_close(grad_rpb, first, rtol=0, atol=0)
+
+
+def test_attention_dropout_falls_back_to_the_tiled_implementation():
+    inputs, _ = make_case((1, 9, 10, 2, 4), 3, torch.float32, seed=1)
+    torch.manual_seed(0)
+    ours = na2d(*inputs[:3], 3, 1, rpb=inputs[3], attn_drop=0.5, backend='triton')
+    torch.manual_seed(0)
+    tiled = na2d_tiled(*inputs[:3], 3, 1, rpb=inputs[3], attn_drop=0.5)
+    torch.testing.assert_close(ours, tiled, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('dtype,shape,kernel,error,match', [
+    (torch.float64, (1, 9, 9, 1, 4), 3, TypeError, 'float32, float16 or bfloat16'),
+    (torch.float32, (1, 9, 9, 1, 160), 3, ValueError, 'head dims <= 128'),
+    (torch.float32, (1, 15, 15, 1, 4), 15, ValueError, 'odd kernel sizes 3..13'),
+])
+def test_what_the_kernels_do_not_take_raises(dtype, shape, kernel, error, match):
+    q = torch.zeros(shape, dtype=dtype)
+    with pytest.raises(error, match=match):
+        na2d(q, q, q, kernel, backend='triton')

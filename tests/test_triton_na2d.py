@@ -1,0 +1,97 @@
+"""The Triton backend without a GPU: the kernels under Triton's interpreter (in a subprocess,
+see test_triton_interpreted.py), the choice of backend for CUDA tensors (fake CUDA tensors:
+nothing runs on them), the package without Triton, and the GPU benchmark's CPU smoke mode."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from dinat_backbone.ops import na2d, select_backend
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(args, interpret, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env.pop('TRITON_INTERPRET', None)
+    if interpret:
+        env['TRITON_INTERPRET'] = '1'
+    result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, text=True,
+                            capture_output=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+def test_kernels_under_the_interpreter():
+    pytest.importorskip('triton')
+    out = run_python(['-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                      'tests/test_triton_interpreted.py'], interpret=True)
+    assert ' passed' in out and 'skipped' not in out, out[-2000:]
+
+
+def cuda_tensors(dtype=torch.float32, head_dim=32):
+    """Fake CUDA query and rpb (kernel 7): devices and shapes without a GPU or data."""
+    with FakeTensorMode():
+        return (torch.empty(2, 32, 40, 4, head_dim, dtype=dtype, device='cuda'),
+                torch.empty(4, 13, 13, device='cuda'))
+
+
+def test_auto_picks_triton_for_cuda_tensors():
+    pytest.importorskip('triton')
+    query, rpb = cuda_tensors()
+    assert select_backend(query, rpb) == 'triton'
+    assert select_backend(query, None, kernel_size=11) == 'triton'
+    for dtype in (torch.float16, torch.bfloat16):
+        assert select_backend(cuda_tensors(dtype)[0], rpb) == 'triton'
+    # What the kernels do not take goes to the tiled implementation.
+    assert select_backend(query, rpb, attn_drop=0.1) == 'torch'
+    assert select_backend(cuda_tensors(torch.float64)[0], rpb) == 'torch'
+    assert select_backend(cuda_tensors(head_dim=160)[0], rpb) == 'torch'
+    assert select_backend(query, None, kernel_size=15) == 'torch'
+    # The CPU keeps its own kernels.
+    assert select_backend(torch.zeros(1, 20, 20, 1, 4), None, kernel_size=5) != 'triton'
+
+
+def test_triton_on_cpu_without_the_interpreter_raises():
+    pytest.importorskip('triton')
+    if os.environ.get('TRITON_INTERPRET', '0') != '0':
+        pytest.skip('this process runs under the interpreter')
+    q = torch.zeros(1, 9, 9, 1, 4)
+    with pytest.raises(RuntimeError, match='TRITON_INTERPRET=1'):
+        na2d(q, q, q, 3, backend='triton')
+
+
+WITHOUT_TRITON = """
+import sys
+sys.modules['triton'] = None  # any `import triton` now raises ImportError
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+import dinat_backbone.ops
+from dinat_backbone.ops import na2d, select_backend
+with FakeTensorMode():
+    query = torch.empty(1, 16, 16, 2, 32, device='cuda')
+print('cuda:', select_backend(query, None, kernel_size=7))
+q = torch.zeros(1, 9, 9, 1, 4)
+print('cpu:', tuple(na2d(q, q, q, 3).shape))
+try:
+    na2d(q, q, q, 3, backend='triton')
+except RuntimeError as err:
+    print('triton:', err)
+"""
+
+
+def test_package_works_without_triton():
+    out = run_python(['-c', WITHOUT_TRITON], interpret=False)
+    assert 'cuda: torch' in out
+    assert 'cpu: (1, 9, 9, 1, 4)' in out
+    assert "triton: backend='triton' needs the triton package" in out
+
+
+def test_benchmark_gpu_smoke_on_cpu():
+    pytest.importorskip('triton')
+    out = run_python(['tools/benchmark_gpu.py', '--device', 'cpu', '--smoke'], interpret=True)
+    assert 'operator' in out and 'bit-identical: True' in out, out
