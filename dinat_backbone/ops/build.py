@@ -114,6 +114,8 @@ def _check(build_dir: Path) -> Tuple[Optional[Path], Optional[str]]:
 
 
 def _process_alive(pid: int) -> bool:
+    if os.name == 'nt':  # os.kill() would end the process there: only the lock's age counts
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
