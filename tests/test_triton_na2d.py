@@ -16,7 +16,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_python(args, interpret, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                        os.environ.get('PYTHONPATH')])))
     env.pop('TRITON_INTERPRET', None)
     if interpret:
         env['TRITON_INTERPRET'] = '1'
@@ -94,4 +96,25 @@ def test_package_works_without_triton():
 def test_benchmark_gpu_smoke_on_cpu():
     pytest.importorskip('triton')
     out = run_python(['tools/benchmark_gpu.py', '--device', 'cpu', '--smoke'], interpret=True)
-    assert 'operator' in out and 'bit-identical: True' in out, out
+    assert 'error:' not in out, out
+    triton_row = next(line for line in out.splitlines() if '| float32 | triton |' in line)
+    errors = [float(cell) for cell in triton_row.strip('| ').split(' | ')[-5:]]
+    assert max(errors) <= 1e-5, triton_row  # out, dq, dk, dv, drpb against float64
+    assert 'drpb bit-identical: True' in out
+    for peer in ('triton', 'tiled', 'window'):
+        assert f'| smoke | 1 | 9x10 | 1x2x8 | 1 | float32 | {peer} |' in out
+    assert 'DiNAT-T' in out and 'Swin-T' in out  # measured or skipped with the reason
+
+
+def test_benchmark_gpu_uses_the_models_dilations():
+    """The tool restates DiNAT-T's dilations (the models need mmengine, the GPU machine has
+    only torch): they must stay those of the presets."""
+    pytest.importorskip('mmengine')
+    sys.path.insert(0, str(REPO_ROOT / 'tools'))
+    try:
+        import benchmark_gpu
+    finally:
+        sys.path.remove(str(REPO_ROOT / 'tools'))
+    from dinat_backbone.models import DILATION_PRESETS
+    for preset, dilations in benchmark_gpu.LEVEL_DILATIONS.items():
+        assert dilations == DILATION_PRESETS[preset]

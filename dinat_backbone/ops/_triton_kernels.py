@@ -16,6 +16,9 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
+# Sizes that change with the input or the layer: one compilation serves them all (Triton
+# would otherwise compile per value 1 and per multiple of 16). The head dim stays specialized.
+_SIZES = ['H', 'W', 'HEADS', 'KERNEL_Y', 'KERNEL_X', 'DIL_Y', 'DIL_X']
 
 
 @triton.jit
@@ -110,7 +113,7 @@ def _masked_logits(a, b, qy, qx, ny, nx, start_y, start_x, ok, RPB, head, qk_sca
     return tl.where(valid, s, float('-inf'))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _na2d_fwd_kernel(Q, K, V, RPB, OUT, LSE,
                      H, W, HEADS, HEAD_DIM, KERNEL_Y, KERNEL_X, DIL_Y, DIL_X, qk_scale,
                      HAS_RPB: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -155,7 +158,7 @@ def _na2d_fwd_kernel(Q, K, V, RPB, OUT, LSE,
     tl.store(LSE + q_rows, m_i + tl.log2(l_safe), mask=q_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _na2d_bwd_query_kernel(Q, K, V, RPB, DOUT, LSE, DELTA, DQ, DRPB,
                            H, W, HEADS, HEAD_DIM, KERNEL_Y, KERNEL_X, DIL_Y, DIL_X, scale,
                            qk_scale, HAS_RPB: tl.constexpr, DETERMINISTIC: tl.constexpr,
@@ -229,7 +232,7 @@ def _na2d_bwd_query_kernel(Q, K, V, RPB, DOUT, LSE, DELTA, DQ, DRPB,
                           mask=(rpb_row[:, None] < 2 * KERNEL_Y - 1) & (rpb_col[None, :] < width))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _na2d_bwd_key_kernel(Q, K, V, RPB, DOUT, LSE, DELTA, DK, DV,
                          H, W, HEADS, HEAD_DIM, KERNEL_Y, KERNEL_X, DIL_Y, DIL_X, scale,
                          qk_scale, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
