@@ -17,7 +17,8 @@ in a fixed order, so two runs give bit-identical results.
 
 Scope: odd kernel sizes 3..13, any dilation, non-square maps, head dim <= 128 (zero-padded to
 a power of two >= 16 inside; the scale defaults to the real head dim), float32 (matmuls with
-``input_precision='ieee'``: no TF32), float16 and bfloat16, all accumulated in float32.
+``input_precision='ieee'``, or TF32 where ``torch.set_float32_matmul_precision`` allows it),
+float16 and bfloat16, all accumulated in float32.
 Attention dropout is not in the kernels: with ``attn_drop > 0`` :func:`na2d_triton` runs the
 tiled implementation instead.
 
@@ -66,10 +67,10 @@ def triton_supports(query: torch.Tensor, kernel_size: Optional[IntOrPair],
     """Whether ``backend='auto'`` may run the kernels: a CUDA tensor of a supported dtype and
     head dim, a supported kernel size (None: not known, not checked), no attention dropout,
     and Triton importable."""
-    kernel = (KERNEL_SIZES[0],) if kernel_size is None else check_kernel_size(kernel_size)
-    return (query.is_cuda and query.dtype in TRITON_DTYPES
-            and query.shape[-1] <= MAX_HEAD_DIM and all(k in KERNEL_SIZES for k in kernel)
-            and attn_drop == 0.0 and triton_kernels() is not None)
+    kernel_ok = kernel_size is None or all(k in KERNEL_SIZES
+                                           for k in check_kernel_size(kernel_size))
+    return (query.is_cuda and query.dtype in TRITON_DTYPES and query.shape[-1] <= MAX_HEAD_DIM
+            and kernel_ok and attn_drop == 0.0 and triton_kernels() is not None)
 
 
 def _check_triton_inputs(query: torch.Tensor, kernel: Tuple[int, int]) -> ModuleType:
@@ -101,8 +102,19 @@ def _launch_config(query: torch.Tensor, kernel: Tuple[int, int], dilation: Tuple
     return dict(H=height, W=width, HEADS=heads, HEAD_DIM=dim, KERNEL_Y=kernel[0],
                 KERNEL_X=kernel[1], DIL_Y=dilation[0], DIL_X=dilation[1],
                 qk_scale=scale * math.log2(math.e),
-                PRECISION='ieee' if query.dtype == torch.float32 else 'tf32',
+                PRECISION=_float32_precision() if query.dtype == torch.float32 else 'tf32',
                 BLOCK_D=max(16, _next_power_of_2(dim)), num_warps=NUM_WARPS)
+
+
+def _float32_precision() -> str:
+    """float32 matmuls follow torch's setting: exact ('ieee') under the default 'highest',
+    TF32 where ``torch.set_float32_matmul_precision('high'/'medium')`` allows it."""
+    return 'ieee' if torch.get_float32_matmul_precision() == 'highest' else 'tf32'
+
+
+def _first_tensor(*candidates: Optional[torch.Tensor]) -> torch.Tensor:
+    """A pointer argument: the kernels read it only when it is given (the others stand in)."""
+    return next(t for t in candidates if t is not None)
 
 
 def _next_power_of_2(n: int) -> int:
@@ -127,7 +139,7 @@ def _forward(kernels: ModuleType, query: torch.Tensor, key: torch.Tensor, value:
     out = torch.empty_like(query)
     lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device)
     kernels._na2d_fwd_kernel[_grid(query, dilation)](
-        query, key, value, query if rpb is None else rpb, out, lse,
+        query, key, value, _first_tensor(rpb, query), out, lse,
         HAS_RPB=rpb is not None, TILE_Y=TILE, TILE_X=TILE, KEYS_Y=TILE, KEYS_X=TILE,
         **_launch_config(query, kernel, dilation, scale))
     return out, lse
@@ -150,8 +162,8 @@ def _backward_query(kernels: ModuleType, query: torch.Tensor, key: torch.Tensor,
     elif rpb is not None:
         grad_rpb = torch.zeros(rpb.shape, dtype=torch.float32, device=query.device)
     kernels._na2d_bwd_query_kernel[grid](
-        query, key, value, query if rpb is None else rpb, grad_out, lse, delta, grad_query,
-        partials if deterministic else grad_rpb, scale=scale, HAS_RPB=rpb is not None,
+        query, key, value, _first_tensor(rpb, query), grad_out, lse, delta, grad_query,
+        _first_tensor(partials, grad_rpb, lse), scale=scale, HAS_RPB=rpb is not None,
         DETERMINISTIC=deterministic, RPB_Y=rpb_y, RPB_X=rpb_x, TILE_Y=TILE, TILE_X=TILE,
         KEYS_Y=TILE, KEYS_X=TILE, **_launch_config(query, kernel, dilation, scale))
     if partials is not None:
@@ -170,7 +182,7 @@ def _backward_key(kernels: ModuleType, query: torch.Tensor, key: torch.Tensor,
     """dk and dv."""
     grad_key, grad_value = torch.empty_like(key), torch.empty_like(value)
     kernels._na2d_bwd_key_kernel[_grid(query, dilation)](
-        query, key, value, query if rpb is None else rpb, grad_out, lse, delta, grad_key,
+        query, key, value, _first_tensor(rpb, query), grad_out, lse, delta, grad_key,
         grad_value, scale=scale, HAS_RPB=rpb is not None, TILE_Y=TILE, TILE_X=TILE,
         QUERIES_Y=TILE, QUERIES_X=TILE, **_launch_config(query, kernel, dilation, scale))
     return grad_key, grad_value
