@@ -178,7 +178,8 @@ def collect_images(inputs: Iterable[str]) -> List[Tuple[str, str]]:
 
     Raises:
         FileNotFoundError: an input path does not exist.
-        ValueError: no images found, or two images with the same name.
+        ValueError: no images found, an empty (0-byte) image file, or two images with the
+            same name.
     """
     found: List[Tuple[str, str]] = []
     for item in inputs:
@@ -198,6 +199,9 @@ def collect_images(inputs: Iterable[str]) -> List[Tuple[str, str]]:
             raise FileNotFoundError(f'Input path not found: {item!r}')
     if not found:
         raise ValueError('No input images given.')
+    empty = [path for path, _ in found if osp.getsize(path) == 0]
+    if empty:
+        raise ValueError(f'Empty image files (0 bytes): {", ".join(empty)}.')
     by_name: Dict[str, List[str]] = {}
     for path, name in found:
         by_name.setdefault(name, []).append(path)
@@ -221,7 +225,9 @@ def read_image(path: str) -> np.ndarray:
     if not osp.isfile(path):
         raise FileNotFoundError(f'Image file not found: {path!r}')
     with open(path, 'rb') as f:
-        image = mmcv.imfrombytes(f.read(), flag='color', backend='cv2')
+        data = f.read()
+    # OpenCV asserts (cv2.error) on an empty buffer rather than returning None.
+    image = mmcv.imfrombytes(data, flag='color', backend='cv2') if data else None
     if image is None:
         raise ValueError(f'Cannot read image {path!r}: not an image OpenCV can decode, or a '
                          'corrupt file.')

@@ -44,7 +44,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='resize the short side to size / crop_pct, then centre-crop')
     parser.add_argument('--labels', default=None, help='class names file')
     parser.add_argument('--topk', type=int, default=5)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Input errors now, not after the (possibly downloaded) checkpoint is loaded.
+    for option, value in (('--topk', args.topk), ('--size', args.size)):
+        if value is not None and value < 1:
+            parser.error(f'{option} must be >= 1, got {value}')
+    if not 0 < args.crop_pct <= 1:
+        parser.error(f'--crop-pct must be in (0, 1], got {args.crop_pct}')
+    if args.labels is not None and not osp.isfile(args.labels):
+        parser.error(f'labels file not found: {args.labels!r}')
+    if not osp.isfile(args.image):
+        parser.error(f'image file not found: {args.image!r}')
+    from PIL import Image
+    try:
+        with Image.open(args.image) as image:
+            image.verify()
+    except (OSError, SyntaxError) as error:  # PIL's errors for unreadable or corrupt files
+        parser.error(f'cannot read image {args.image!r}: {error}')
+    return args
 
 
 def preprocess(path: str, size: int, crop_pct: float = 0.875) -> torch.Tensor:

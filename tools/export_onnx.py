@@ -59,6 +59,7 @@ import torch.nn.functional as F
 _REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if osp.isdir(osp.join(_REPO_ROOT, 'dinat_backbone')) and _REPO_ROOT not in sys.path:
     sys.path.insert(1, _REPO_ROOT)  # run from a clone without `pip install -e .`
+from cli_checks import check_writable_file  # noqa: E402  (tools/ is sys.path[0])
 
 SEG_OUTPUTS = ('logits', 'labels', 'tensor')
 LABELS_MAX_MISMATCH = 1e-3  # fraction of pixels whose argmax may flip (near-ties)
@@ -105,6 +106,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error('--verify-shapes takes H W pairs')
     if min(args.shape) < 1:
         parser.error(f'--shape must be positive, got {args.shape}')
+    args.out = args.out or osp.join('work_dirs', 'onnx',
+                                    f'{_stem(args.config_or_arch)}_{args.model}.onnx')
+    try:  # before the export, which takes minutes
+        check_writable_file(args.out, '--out')
+        if args.out_indices is not None:
+            from dinat_backbone.models.backbone import check_out_indices
+            check_out_indices(args.out_indices)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -365,8 +375,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileNotFoundError, ValueError, CheckpointKeyError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 1
-    out = args.out or osp.join('work_dirs', 'onnx',
-                               f'{_stem(args.config_or_arch)}_{args.model}.onnx')
+    out = args.out
     export_onnx(module, out, args.shape, names, args.opset, metadata)
     import onnx
     model = onnx.load(out, load_external_data=False)

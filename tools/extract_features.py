@@ -23,8 +23,10 @@ extension, e.g. images/a/b.jpg given as ``images/`` -> OUT/a/b.pt. Each file is 
      'image_size': (H, W),                      # of the image as read
      'source': 'images/a/b.jpg'}                # the image file
 
-Errors: a missing input path, two images mapping to the same output name, and an unreadable
-image (naming it) stop the tool with exit status 1; the first two before anything is written.
+Errors: an --out that cannot be written and --out-indices out of order stop the tool at start
+(exit status 2); a missing input path, an empty (0-byte) image file, two images mapping to the
+same output name, and an unreadable image (naming it) stop it with exit status 1, all but the
+last before the model is built.
 
 Examples::
 
@@ -43,6 +45,7 @@ from typing import List, Optional, Sequence
 _REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if osp.isdir(osp.join(_REPO_ROOT, 'dinat_backbone')) and _REPO_ROOT not in sys.path:
     sys.path.insert(1, _REPO_ROOT)  # run from a clone without `pip install -e .`
+from cli_checks import check_writable_dir  # noqa: E402  (tools/ is sys.path[0])
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -70,6 +73,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f'--batch-size must be >= 1, got {args.batch_size}')
+    try:
+        check_writable_dir(args.out, '--out')
+        if args.out_indices is not None:
+            from dinat_backbone.models.backbone import check_out_indices
+            check_out_indices(args.out_indices)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 

@@ -32,6 +32,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from mmengine.config import Config, ConfigDict, DictAction
 
+if osp.dirname(osp.abspath(__file__)) not in sys.path:  # tools/, also when imported
+    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from cli_checks import check_writable_dir  # noqa: E402
+
 # Without `pip install -e .`, make the clone's package importable (sys.path[0] is tools/).
 _REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if osp.isdir(osp.join(_REPO_ROOT, 'dinat_backbone')) and _REPO_ROOT not in sys.path:
@@ -145,11 +149,18 @@ def load_config(path: str, cfg_options: Optional[Dict] = None,
 
 
 def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None:
-    """work_dir priority, as in mmdet/mmseg: CLI > config > ./work_dirs/<config name>."""
+    """work_dir priority, as in mmdet/mmseg: CLI > config > ./work_dirs/<config name>.
+
+    Exits with a message if it cannot be written (the Runner would fail only once built).
+    """
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    try:
+        check_writable_dir(cfg.work_dir, 'work_dir')
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 # ------------------------------------------------------------------------ dataset path checks

@@ -53,7 +53,7 @@ class NeighborhoodAttention2D(BaseModule):
         self.head_dims = embed_dims // num_heads
         self.kernel_size = check_kernel_size(kernel_size)
         self.dilation = check_dilation(dilation)
-        self.scale = qk_scale or self.head_dims ** -0.5
+        self.scale = self.head_dims ** -0.5 if qk_scale is None else qk_scale
         self.attn_drop_rate = attn_drop_rate
 
         self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)

@@ -5,7 +5,8 @@ Paper: "Dilated Neighborhood Attention Transformer", Hassani & Shi, 2022
 implementation (SHI-Labs/Neighborhood-Attention-Transformer, MIT license), so published
 ImageNet checkpoints load without renaming.
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+import numbers
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -15,9 +16,10 @@ from mmengine.model import BaseModule, ModuleList
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..ops._checks import is_int
 from .blocks import ConvTokenizer, DiNATLevel
 
-__all__ = ['DiNAT', 'dilation_preset']
+__all__ = ['DiNAT', 'check_out_indices', 'dilation_preset']
 
 # Per level, the dilation pattern that repeats over the level's blocks (reference configs).
 DILATION_PRESETS: Dict[str, Tuple[Tuple[int, ...], ...]] = {
@@ -51,6 +53,59 @@ def dilation_preset(name: str, depths: Sequence[int]) -> List[List[int]]:
             for pattern, depth in zip(patterns, depths)]
 
 
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    """``value`` as a Python int (numpy integers accepted), else an error naming ``name``."""
+    if not is_int(value):
+        raise TypeError(f'{name} must be an int >= {minimum}, got {name}={value!r} '
+                        f'({type(value).__name__}).')
+    if value < minimum:
+        raise ValueError(f'{name} must be an int >= {minimum}, got {name}={value!r}.')
+    return int(value)
+
+
+def _check_ints(values: Any, name: str, minimum: int) -> List[int]:
+    """A list, tuple or array of ints, each checked by :func:`_check_int`."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise TypeError(f'{name} must be a list of ints, got {name}={values!r}.')
+    return [_check_int(v, f'{name}[{i}]', minimum) for i, v in enumerate(values)]
+
+
+def _check_number(value: Any, name: str, low: float, high: Optional[float] = None,
+                  allow_none: bool = False) -> Optional[float]:
+    """``value`` as a float ``> low``, or in ``[low, high)`` when ``high`` is given (rates);
+    bools and strings (``'2'``) are refused, None too unless ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    bounds = f'> {low}' if high is None else f'in [{low}, {high})'
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f'{name} must be a number {bounds}, got {name}={value!r} '
+                        f'({type(value).__name__}).')
+    if not (value > low if high is None else low <= value < high):
+        raise ValueError(f'{name} must be a number {bounds}, got {name}={value!r}.')
+    return float(value)
+
+
+def check_out_indices(out_indices: Sequence[int],
+                      num_levels: Optional[int] = None) -> Tuple[int, ...]:
+    """``out_indices`` as a tuple of ints: non-empty, strictly increasing and, when
+    ``num_levels`` is given, in ``0..num_levels-1``.
+
+    Outputs come in level order, and ``out_channels``, the strides and the exported output
+    names follow ``out_indices``; only an increasing order makes them agree.
+    """
+    if is_int(out_indices):
+        raise TypeError(f'out_indices must be a sequence of levels, e.g. ({out_indices}, ), '
+                        f'got {out_indices=}.')
+    indices = tuple(_check_ints(out_indices, 'out_indices', 0))
+    last = '' if num_levels is None else f' of 0..{num_levels - 1}'
+    if not indices or (num_levels is not None and indices[-1] >= num_levels):
+        raise ValueError(f'out_indices must be a non-empty subset{last}, got {indices}.')
+    if list(indices) != sorted(set(indices)):
+        raise ValueError(f'out_indices must be strictly increasing (outputs come in level '
+                         f'order), got {indices}; use {tuple(sorted(set(indices)))}.')
+    return indices
+
+
 class DiNAT(BaseModule):
     """Dilated Neighborhood Attention Transformer backbone.
 
@@ -75,7 +130,8 @@ class DiNAT(BaseModule):
         drop_path_rate (float): Stochastic depth, linear over all blocks up to this. Default: 0.2.
         use_rpb (bool): Relative positional bias (every published model uses it); without it,
             CUDA inputs use NATTEN's fused kernels. Default: True.
-        out_indices (Sequence[int]): Levels to return. Default: (0, 1, 2, 3).
+        out_indices (Sequence[int]): Levels to return, in increasing order. Default:
+            (0, 1, 2, 3).
         frozen_stages (int): -1 trains everything; ``k >= 0`` freezes the tokenizer and levels
             ``0..k-1`` with their output norms (eval mode, no gradients). Default: -1.
         norm_eval (bool): Keep norm layers in eval mode while training. Default: False.
@@ -116,20 +172,22 @@ class DiNAT(BaseModule):
                  act_cfg: dict = dict(type='GELU'),
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
+        # Every argument is checked here, before any layer is built: a wrong type would
+        # otherwise fail deep inside torch, or (mlp_ratio='2') try to allocate petabytes.
         self.arch_settings = self._resolve_arch(arch)
         embed_dims = self.arch_settings['embed_dims']
-        depths = list(self.arch_settings['depths'])
-        num_heads = list(self.arch_settings['num_heads'])
+        depths = self.arch_settings['depths']
+        num_heads = self.arch_settings['num_heads']
         num_levels = len(depths)
-        if len(num_heads) != num_levels:
-            raise ValueError(f'depths and num_heads need one entry per level, got {depths=}, '
-                             f'{num_heads=}.')
         self.dilations = self._resolve_dilations(dilations, depths)
-        out_indices = tuple(out_indices)
-        if not out_indices or any(not 0 <= i < num_levels for i in out_indices):
-            raise ValueError(f'out_indices must be a non-empty subset of 0..{num_levels - 1}, '
-                             f'got {out_indices=}.')
-        if not -1 <= frozen_stages <= num_levels:
+        in_channels = _check_int(in_channels, 'in_channels', 1)
+        # 0 would make every attention weight equal; None means head_dims ** -0.5.
+        qk_scale = _check_number(qk_scale, 'qk_scale', 0, allow_none=True)
+        for name, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
+                           ('drop_path_rate', drop_path_rate)):
+            _check_number(rate, name, 0, 1)
+        out_indices = check_out_indices(out_indices, num_levels)
+        if _check_int(frozen_stages, 'frozen_stages', -1) > num_levels:
             raise ValueError(f'frozen_stages must be in -1..{num_levels}, got {frozen_stages=}.')
 
         self.in_channels = in_channels
@@ -165,15 +223,25 @@ class DiNAT(BaseModule):
             if arch.lower() not in cls.arch_zoo:
                 raise ValueError(f'Unknown DiNAT arch {arch!r}; choose from '
                                  f'{sorted(cls.arch_zoo)} or pass a dict.')
-            return dict(cls.arch_zoo[arch.lower()])
-        if not isinstance(arch, dict):
+            arch = cls.arch_zoo[arch.lower()]
+        elif not isinstance(arch, dict):
             raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}.')
         missing = cls._arch_keys - set(arch)
         unknown = set(arch) - cls._arch_keys - {'layer_scale'}
         if missing or unknown:
             raise ValueError(f'arch dict needs keys {sorted(cls._arch_keys)} (and optionally '
                              f'layer_scale); missing {sorted(missing)}, unknown {sorted(unknown)}.')
-        return dict(arch)
+        settings = dict(
+            embed_dims=_check_int(arch['embed_dims'], 'embed_dims', 1),
+            depths=_check_ints(arch['depths'], 'depths', 1),
+            num_heads=_check_ints(arch['num_heads'], 'num_heads', 1),
+            mlp_ratio=_check_number(arch['mlp_ratio'], 'mlp_ratio', 0))
+        if len(settings['num_heads']) != len(settings['depths']):
+            raise ValueError('depths and num_heads need one entry per level, got '
+                             f'depths={settings["depths"]}, num_heads={settings["num_heads"]}.')
+        if arch.get('layer_scale') is not None:
+            settings['layer_scale'] = _check_number(arch['layer_scale'], 'layer_scale', 0)
+        return settings
 
     @staticmethod
     def _resolve_dilations(dilations: Union[str, Sequence[Sequence[int]]],
@@ -184,9 +252,9 @@ class DiNAT(BaseModule):
         if [len(level) for level in dilations] != depths:
             raise ValueError('dilations must list one dilation per block of each level, got '
                              f'lengths {[len(level) for level in dilations]} for {depths=}.')
-        if any(not isinstance(d, int) or d < 1 for level in dilations for d in level):
+        if any(not is_int(d) or d < 1 for level in dilations for d in level):
             raise ValueError(f'dilations must be integers >= 1, got {dilations=}.')
-        return dilations
+        return [[int(d) for d in level] for level in dilations]
 
     def init_weights(self) -> None:
         if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
@@ -239,6 +307,15 @@ class DiNAT(BaseModule):
         if x.shape[1] != self.in_channels:
             raise ValueError(f'DiNAT was built for {self.in_channels} input channels, got an '
                              f'input of shape {tuple(x.shape)}.')
+        weight = self.patch_embed.proj[0].weight
+        if not x.is_floating_point():
+            raise TypeError(f'DiNAT expects a normalised floating-point image, got dtype '
+                            f'{x.dtype}: convert it first, e.g. (x.float() - mean) / std, as '
+                            "mmdet's and mmseg's data preprocessors do.")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f'DiNAT has {weight.dtype} weights but got a {x.dtype} input: cast '
+                            f'the input (x.to({weight.dtype})) or the model, or run under '
+                            'torch.autocast.')
         x = self.pos_drop(self.patch_embed(x))
         outs = []
         for i, level in enumerate(self.levels):

@@ -1,17 +1,24 @@
 """Argument normalisers and validation for the neighbourhood-attention operator."""
-from typing import Optional, Tuple, Union
+import numbers
+from typing import Any, Optional, Tuple, Union
 
 import torch
 
 IntOrPair = Union[int, Tuple[int, int]]
 
 
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer: Python's or numpy's (``np.int64`` from arrays or
+    configs), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def to_pair(value: IntOrPair, name: str) -> Tuple[int, int]:
-    """Normalise an int or a 2-tuple of ints to a 2-tuple, rejecting anything else."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
-    if (isinstance(value, (tuple, list)) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+    """Normalise an int or a 2-tuple of ints to a 2-tuple of Python ints, rejecting anything
+    else."""
+    if is_int(value):
+        return (int(value), int(value))
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(map(is_int, value)):
         return (int(value[0]), int(value[1]))
     raise TypeError(f'{name} must be an int or a pair of ints, got {name}={value!r}.')
 
