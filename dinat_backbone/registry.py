@@ -1,6 +1,7 @@
 """Register the models with mmdet's and mmseg's registries (whichever are installed).
 
-``dict(type='DiNAT')`` then builds inside both toolboxes' configs, without a scope prefix.
+``dict(type='DiNAT')`` then builds inside both toolboxes' configs, without a scope prefix;
+mmseg also gets :class:`~dinat_backbone.metrics.PresentClassIoUMetric`.
 """
 import importlib
 from typing import List
@@ -19,10 +20,13 @@ def register_all() -> List[str]:
     scopes = []
     for scope in ('mmdet', 'mmseg'):
         try:
-            registry = importlib.import_module(f'{scope}.registry').MODELS
+            registry = importlib.import_module(f'{scope}.registry')
         except ImportError:
             continue
         for model in REGISTERED_MODELS:
-            registry.register_module(module=model, force=True)
+            registry.MODELS.register_module(module=model, force=True)
+        if scope == 'mmseg':
+            from .metrics import PresentClassIoUMetric
+            registry.METRICS.register_module(module=PresentClassIoUMetric, force=True)
         scopes.append(scope)
     return scopes
