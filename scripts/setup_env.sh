@@ -5,6 +5,9 @@
 # so its wheel is built once and cached outside the clone, keyed by every version that
 # affects the binary. Later set-ups on the same machine install it in seconds.
 #
+# Every package is installed with `-c constraints.txt`, the exact versions of the two README
+# commands (setup.cfg states the supported ranges).
+#
 # Environment knobs: PYTHON (interpreter used to create the venv), DINAT_VENV (venv path,
 # default .venv in the repository), DINAT_WHEEL_CACHE (wheel cache directory).
 set -euo pipefail
@@ -14,13 +17,14 @@ cd "$root"
 
 PYTHON=${PYTHON:-python3}
 VENV=${DINAT_VENV:-$root/.venv}
-# Versions are pinned in setup.cfg only; these three need special install steps.
-pin() { sed -n "s/^ *$1==\([^ ]*\).*/\1/p" setup.cfg; }
+CONSTRAINTS=$root/constraints.txt
+# These three need special install steps, so their versions are read from the constraints.
+pin() { sed -n "s/^$1==\([^ ]*\)$/\1/Ip" "$CONSTRAINTS"; }
 TORCH_VERSION=$(pin torch)
 MMCV_VERSION=$(pin mmcv)
 NATTEN_VERSION=$(pin natten)
 [ -n "$TORCH_VERSION" ] && [ -n "$MMCV_VERSION" ] && [ -n "$NATTEN_VERSION" ] \
-  || { echo "[setup] FAILED: could not read the torch/mmcv/natten pins from setup.cfg" >&2; exit 1; }
+  || { echo "[setup] FAILED: could not read the torch/mmcv/natten pins from $CONSTRAINTS" >&2; exit 1; }
 # mmcv's setup.py imports pkg_resources APIs that setuptools>=70 dropped; used for its build only.
 MMCV_BUILD_SETUPTOOLS='setuptools<70'
 
@@ -36,10 +40,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV" || fail "creating the virtual environment (is the venv module installed?)"
 fi
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip install --disable-pip-version-check -q)
+PIP=("$PY" -m pip install --disable-pip-version-check -q -c "$CONSTRAINTS")
 
 stamp="$VENV/.dinat-setup-stamp"
-want_stamp=$(cat setup.cfg scripts/setup_env.sh | sha256sum | cut -c1-16)
+want_stamp=$(cat "$CONSTRAINTS" setup.cfg scripts/setup_env.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ] \
    && "$PY" -c 'import dinat_backbone, mmcv.ops, mmdet, mmseg' 2>/dev/null; then
   step "environment up to date ($VENV)"
@@ -55,7 +59,7 @@ mmcv_dir="$cache/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-$pyver-$(uname -m)"
 if ! ls "$mmcv_dir"/mmcv-*.whl >/dev/null 2>&1; then
   step "building mmcv==$MMCV_VERSION with ops (once per machine, 20-40 min on 2 cores) into $mmcv_dir"
   mkdir -p "$mmcv_dir.tmp"
-  "${PIP[@]}" "$MMCV_BUILD_SETUPTOOLS" 2>/dev/null || fail "installing $MMCV_BUILD_SETUPTOOLS for the mmcv build"
+  "$PY" -m pip install --disable-pip-version-check -q "$MMCV_BUILD_SETUPTOOLS" 2>/dev/null || fail "installing $MMCV_BUILD_SETUPTOOLS for the mmcv build"
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} FORCE_CUDA=0 \
     "$PY" -m pip wheel --disable-pip-version-check --no-build-isolation --no-deps \
     -w "$mmcv_dir.tmp" "mmcv==$MMCV_VERSION" || fail "building mmcv==$MMCV_VERSION (see the compiler output above)"
@@ -67,8 +71,11 @@ step "mmcv==$MMCV_VERSION from $mmcv_dir"
 step "natten==$NATTEN_VERSION (no CUDA library on CPU machines)"
 "${PIP[@]}" --no-build-isolation "natten==$NATTEN_VERSION" || fail "installing natten==$NATTEN_VERSION"
 
-step "dinat_backbone and its pinned requirements (setup.cfg)"
-"${PIP[@]}" --no-build-isolation -e ".[tests]" || fail "installing dinat_backbone from setup.cfg"
+step "dinat_backbone with the mmdet, mmseg and test extras (versions from constraints.txt)"
+"${PIP[@]}" --no-build-isolation -e ".[tests]" || fail "installing dinat_backbone"
+
+step "compiling the CPU neighbourhood-attention kernels (once per source and toolchain)"
+"$PY" -m dinat_backbone.ops.build || fail "building the CPU kernels (see the compiler output above)"
 
 step "checking the installed stack"
 "$PY" - <<'PY' || fail "import check of the installed stack"
