@@ -15,8 +15,6 @@ Loading is loud: apart from the output norms ``norm{i}.*`` (which no ImageNet ch
 in the reference) and the dropped classifier, every missing or unexpected key and every shape
 mismatch raises, naming the keys and, for a different architecture, both variants.
 """
-import hashlib
-import os
 import os.path as osp
 import re
 from dataclasses import dataclass, field
@@ -26,9 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
-from mmengine.runner.checkpoint import CheckpointLoader
 
-from . import compat  # noqa: F401  (mmengine loaders that can read full pickles)
+from .safe_loading import download_checkpoint, load_checkpoint_file
 
 __all__ = [
     'CheckpointReport', 'CheckpointKeyError', 'LAYOUTS', 'unwrap_checkpoint', 'detect_layout',
@@ -43,8 +40,8 @@ HF_CLASSIFIER_PREFIXES = ('classifier.', 'layernorm.')
 _OUTPUT_NORM = re.compile(r'^norm(\d+)\.')
 _HF_SENTINELS = ('embeddings.patch_embeddings.', 'encoder.levels.')
 _REF_SENTINELS = ('patch_embed.', 'levels.')
-# HF names saved under a URL's generic basename would collide in the download cache.
-_GENERIC_BASENAMES = ('pytorch_model.bin', 'model.safetensors')
+# The weights of a Hugging Face snapshot folder, in order of preference (no unpickling first).
+_SNAPSHOT_FILES = ('model.safetensors', 'pytorch_model.bin')
 _MAX_LISTED = 20
 
 
@@ -482,48 +479,33 @@ def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
 # Reading and loading
 
 
-def _download(url: str) -> str:
-    """Download ``url`` once into torch's hub cache; return the local path."""
-    basename = osp.basename(url.split('?')[0])
-    if basename in _GENERIC_BASENAMES:
-        # Every Hugging Face repo calls its weights the same: key the cache by the URL too.
-        basename = f'{hashlib.sha256(url.encode()).hexdigest()[:12]}_{basename}'
-    directory = osp.join(torch.hub.get_dir(), 'checkpoints')
-    os.makedirs(directory, exist_ok=True)
-    path = osp.join(directory, basename)
-    if not osp.exists(path):
-        torch.hub.download_url_to_file(url, path, progress=True)
-    return path
-
-
-def read_checkpoint(filename: str) -> Mapping[str, Any]:
+def read_checkpoint(filename: str, trusted: bool = False) -> Mapping[str, Any]:
     """Read a checkpoint: a local ``.pth``/``.bin``/``.safetensors`` file, a Hugging Face
-    snapshot directory, an http(s) URL, or a model-zoo name such as ``'dinat_mini.in1k'``."""
+    snapshot directory, an http(s) URL, or a model-zoo name such as ``'dinat_mini.in1k'``.
+
+    Pickled files are read without running code from them
+    (:func:`~dinat_backbone.safe_loading.load_checkpoint_file`); ``trusted=True`` unpickles
+    fully, for a file from a trusted source that needs more. URLs are downloaded once
+    (:func:`~dinat_backbone.safe_loading.download_checkpoint`).
+    """
     from .model_zoo import resolve_checkpoint
     filename = resolve_checkpoint(filename)
-    is_url = filename.startswith(('http://', 'https://'))
-    if is_url and (filename.endswith(('.safetensors', '.bin'))):
-        filename = _download(filename)
-        is_url = False
-    if not is_url:
-        filename = osp.expanduser(filename)
-        if osp.isdir(filename):
-            for name in _GENERIC_BASENAMES[::-1]:  # prefer safetensors
-                if osp.isfile(osp.join(filename, name)):
-                    filename = osp.join(filename, name)
-                    break
-            else:
-                raise FileNotFoundError(f'No {" or ".join(_GENERIC_BASENAMES)} in {filename}.')
-        if not osp.isfile(filename):
-            raise FileNotFoundError(f'Checkpoint file not found: {filename}')
-        if filename.endswith('.safetensors'):
-            from safetensors.torch import load_file
-            return load_file(filename, device='cpu')
-    return CheckpointLoader.load_checkpoint(filename, map_location='cpu')
+    if filename.startswith(('http://', 'https://')):
+        filename = download_checkpoint(filename)
+    filename = osp.expanduser(filename)
+    if osp.isdir(filename):
+        for name in _SNAPSHOT_FILES:
+            if osp.isfile(osp.join(filename, name)):
+                filename = osp.join(filename, name)
+                break
+        else:
+            raise FileNotFoundError(f'No {" or ".join(_SNAPSHOT_FILES)} in {filename}.')
+    return load_checkpoint_file(filename, map_location='cpu', trusted=trusted)
 
 
 def load_pretrained(backbone: nn.Module, filename: str,
-                    logger: Union[Any, str, None] = None) -> CheckpointReport:
+                    logger: Union[Any, str, None] = None,
+                    trusted: bool = False) -> CheckpointReport:
     """Load a published (original or Hugging Face) or converted checkpoint into ``backbone``.
 
     Detects the layout, converts, drops the classifier, interpolates ``rpb`` for a different
@@ -534,14 +516,17 @@ def load_pretrained(backbone: nn.Module, filename: str,
         backbone (nn.Module): The model (a ``DiNAT``) to load into.
         filename (str): Path, URL, Hugging Face snapshot directory or model-zoo name.
         logger: mmengine logger or its name. Default: the current logger.
+        trusted (bool): Unpickle the file fully, running any code it contains; only for a
+            file from a trusted source (see :func:`read_checkpoint`). Default: False.
 
     Returns:
         CheckpointReport: what was converted, dropped, interpolated, loaded and left missing.
 
     Raises:
         ValueError / CheckpointKeyError: see :func:`adapt_state_dict`.
+        UnsafeCheckpointError: the file needs unpickling beyond the allow-list (not trusted).
     """
-    state_dict, report = convert_to_backbone(read_checkpoint(filename))
+    state_dict, report = convert_to_backbone(read_checkpoint(filename, trusted))
     report.source = filename
     state_dict, report = adapt_state_dict(state_dict, backbone, report)
     result = backbone.load_state_dict(state_dict, strict=False)

@@ -35,6 +35,7 @@ import torch.nn as nn
 from mmengine.logging import print_log
 
 from .models import DiNAT
+from .safe_loading import trust_checkpoints
 
 __all__ = [
     'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGE_EXTENSIONS', 'Preprocessing', 'build_backbone',
@@ -112,7 +113,8 @@ def build_backbone(config_or_arch: str,
                    out_indices: Optional[Sequence[int]] = None,
                    dilations: Union[str, Sequence[Sequence[int]], None] = None,
                    kernel_size: Optional[int] = None,
-                   logger: Any = None) -> Tuple[DiNAT, Preprocessing]:
+                   logger: Any = None,
+                   trusted: bool = False) -> Tuple[DiNAT, Preprocessing]:
     """A DiNAT backbone in eval mode with its weights, and how to normalise its input.
 
     Args:
@@ -130,6 +132,8 @@ def build_backbone(config_or_arch: str,
         kernel_size (int, optional): Arch names only. Default: read from the checkpoint's
             ``rpb``, else 7.
         logger: mmengine logger (or its name) for the loading summary. Default: current.
+        trusted (bool): Unpickle ``checkpoint`` (or the config's ``init_cfg`` one) fully,
+            running any code it contains; only for a file from a trusted source. Default: False.
 
     Raises:
         FileNotFoundError: a missing config or checkpoint file.
@@ -149,7 +153,7 @@ def build_backbone(config_or_arch: str,
     elif config_or_arch.lower() in DiNAT.arch_zoo:
         entry = IMAGENET_CHECKPOINTS.get(checkpoint) if checkpoint else None
         if kernel_size is None and checkpoint is not None:
-            found = infer_arch(convert_to_backbone(read_checkpoint(checkpoint))[0])
+            found = infer_arch(convert_to_backbone(read_checkpoint(checkpoint, trusted))[0])
             kernel_size = found['kernel_size']
         kwargs = dict(arch=config_or_arch.lower(), kernel_size=kernel_size or 7,
                       dilations=dilations or (entry.dilations if entry else 'imagenet'))
@@ -162,12 +166,13 @@ def build_backbone(config_or_arch: str,
     kwargs['drop_path_rate'] = 0.  # inference only; keeps construction independent of it
     backbone = DiNAT(**kwargs)
     if checkpoint is not None:
-        load_pretrained(backbone, checkpoint, logger=logger)
+        load_pretrained(backbone, checkpoint, logger=logger, trusted=trusted)
     else:
         if backbone.init_cfg is None:
             print_log('No checkpoint given: the backbone has random weights.',
                       logger=logger if logger is not None else 'current', level=logging.WARNING)
-        backbone.init_weights()
+        with trust_checkpoints(trusted):  # the config's init_cfg checkpoint, if any
+            backbone.init_weights()
     return backbone.eval(), preprocessing
 
 

@@ -1,9 +1,11 @@
 """Shared fixtures: the synthetic sample datasets and tiny mmseg/mmdet configs that use them."""
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Dict, List, Optional
 
 import pytest
@@ -118,6 +120,16 @@ def run_script(script: str, args: List[str], env: Optional[Dict[str, str]] = Non
     cmd = ['bash', path] if script.endswith('.sh') else [sys.executable, path]
     return subprocess.run(cmd + list(args), cwd=str(REPO_ROOT), env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def load_tool(name: str) -> ModuleType:
+    """A ``tools/`` script imported as a module (e.g. to call its ``main(argv)`` in-process)."""
+    if str(TOOLS) not in sys.path:  # the scripts import their siblings (run, tools/ is first)
+        sys.path.insert(0, str(TOOLS))
+    spec = importlib.util.spec_from_file_location(f'tools_{name}', TOOLS / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

@@ -466,7 +466,8 @@ def test_loading_from_urls(hf_dir, original_files, tmp_path):
         other = tiny_dinat()
         load_pretrained(other, f'{base}/{hf_dir.name}/model/pytorch_model.bin')
         assert not torch.equal(other.patch_embed.norm.weight, reference.patch_embed.norm.weight)
-        cached = sorted(p.name for p in (tmp_path / 'hub' / 'checkpoints').iterdir())
+        cached = sorted(p.name for p in (tmp_path / 'hub' / 'checkpoints').rglob('*')
+                        if p.is_file())
         assert len([n for n in cached if n.endswith('pytorch_model.bin')]) == 2, cached
     finally:
         torch.hub.set_dir(old_hub)

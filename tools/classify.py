@@ -44,6 +44,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='resize the short side to size / crop_pct, then centre-crop')
     parser.add_argument('--labels', default=None, help='class names file')
     parser.add_argument('--topk', type=int, default=5)
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle the checkpoint fully, which runs any code it contains; '
+                             'only for a file from a source you trust (default: torch.load('
+                             'weights_only=True) with an allow-list)')
     args = parser.parse_args(argv)
     # Input errors now, not after the (possibly downloaded) checkpoint is loaded.
     for option, value in (('--topk', args.topk), ('--size', args.size)):
@@ -111,17 +115,17 @@ def _dilations(value: Optional[str]) -> Union[str, Sequence[Sequence[int]], None
 
 
 def build_classifier(checkpoint: str, arch: Optional[str] = None,
-                     dilations: Union[str, Sequence[Sequence[int]], None] = None
-                     ) -> Tuple['torch.nn.Module', Optional[int]]:
+                     dilations: Union[str, Sequence[Sequence[int]], None] = None,
+                     trusted: bool = False) -> Tuple['torch.nn.Module', Optional[int]]:
     """A ``DiNATClassifier`` shaped like ``checkpoint`` and loaded from it; and the zoo
-    resolution (None for files)."""
+    resolution (None for files). ``trusted``: unpickle the file fully (it may run code)."""
     from dinat_backbone.checkpoint import convert_to_reference, infer_arch, read_checkpoint
     from dinat_backbone.model_zoo import IMAGENET_CHECKPOINTS
     from dinat_backbone.models import DiNAT
     from dinat_backbone.models.classifier import DiNATClassifier
 
     entry = IMAGENET_CHECKPOINTS.get(checkpoint)
-    raw = read_checkpoint(checkpoint)
+    raw = read_checkpoint(checkpoint, trusted)
     state_dict, _ = convert_to_reference(raw)
     found = infer_arch(state_dict)
     if arch is None:
@@ -148,7 +152,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Print the top-k classes of ``args.image``; returns the exit status."""
     args = parse_args(argv)
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    model, zoo_size = build_classifier(args.checkpoint, args.arch, _dilations(args.dilations))
+    model, zoo_size = build_classifier(args.checkpoint, args.arch, _dilations(args.dilations),
+                                       args.trust_checkpoint)
     size = args.size or zoo_size or 224
     labels_file = args.labels or _labels_beside(args.checkpoint)
     if labels_file is None and model.num_classes == 1000:

@@ -58,6 +58,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              'mmseg 0.x model): convert it for mmdet 3.x / mmseg 1.x')
     parser.add_argument('--config', default=None,
                         help='with --task: check every key and shape against this config\'s model')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle SRC fully, which runs any code it contains; only for a '
+                             'file from a source you trust (default: torch.load('
+                             'weights_only=True) with an allow-list)')
     args = parser.parse_args(argv)
     if args.task and (args.arch or args.prefix or args.keep_classifier):
         parser.error('--task converts a whole model: --arch, --prefix and --keep-classifier '
@@ -74,7 +78,8 @@ def convert_task(args: argparse.Namespace) -> int:
     from dinat_backbone.task_checkpoint import (OLD_LAYOUTS, check_task_state_dict,
                                                 convert_task_checkpoint)
 
-    state_dict, report = convert_task_checkpoint(read_checkpoint(args.src))
+    state_dict, report = convert_task_checkpoint(read_checkpoint(args.src,
+                                                                 args.trust_checkpoint))
     report.source = args.src
     if args.config is not None:
         sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
@@ -106,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                            variant_name)
     from dinat_backbone.models import DiNAT
 
-    checkpoint = read_checkpoint(args.src)
+    checkpoint = read_checkpoint(args.src, args.trust_checkpoint)
     convert = convert_to_reference if args.keep_classifier else convert_to_backbone
     state_dict, report = convert(checkpoint)
     arch = infer_arch(state_dict)

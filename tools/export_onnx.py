@@ -101,6 +101,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--tolerance', type=float, default=1e-4,
                         help='largest accepted absolute difference (default: 1e-4)')
     parser.add_argument('--no-verify', action='store_true', help='skip the onnxruntime check')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle the checkpoint (or the config\'s init_cfg one) fully, '
+                             'which runs any code it contains; only for a file from a source '
+                             'you trust (default: torch.load(weights_only=True) with an '
+                             'allow-list)')
     args = parser.parse_args(argv)
     if args.verify_shapes is not None and len(args.verify_shapes) % 2:
         parser.error('--verify-shapes takes H W pairs')
@@ -368,10 +373,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Export, verify and report; returns the exit status."""
     args = parse_args(argv)
     from dinat_backbone.checkpoint import CheckpointKeyError
+    from dinat_backbone.safe_loading import trust_checkpoints
     try:
-        module, names, metadata = build_model(
-            args.config_or_arch, args.model, args.checkpoint, args.out_indices, args.dilations,
-            args.kernel_size, args.seg_output)
+        with trust_checkpoints(args.trust_checkpoint):  # mmengine's loading for segmentors
+            module, names, metadata = build_model(
+                args.config_or_arch, args.model, args.checkpoint, args.out_indices,
+                args.dilations, args.kernel_size, args.seg_output)
     except (FileNotFoundError, ValueError, CheckpointKeyError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 1

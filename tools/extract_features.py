@@ -70,6 +70,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--kernel-size', type=int, default=None,
                         help="arch names only (default: the checkpoint's, else 7)")
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle the checkpoint (or the config\'s init_cfg one) fully, '
+                             'which runs any code it contains; only for a file from a source '
+                             'you trust (default: torch.load(weights_only=True) with an '
+                             'allow-list)')
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f'--batch-size must be >= 1, got {args.batch_size}')
@@ -96,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         collect_images(args.input)  # input errors before the model is built
         extractor = FeatureExtractor.from_config(
             args.config_or_arch, args.checkpoint, args.out_indices, args.device,
-            dilations=dilations, kernel_size=args.kernel_size)
+            dilations=dilations, kernel_size=args.kernel_size, trusted=args.trust_checkpoint)
         written: List[str] = extractor.extract_to_dir(args.input, args.out, args.batch_size,
                                                       progress=not args.no_progress)
     except (FileNotFoundError, ValueError, CheckpointKeyError) as error:

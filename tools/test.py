@@ -3,8 +3,9 @@
 The flags are those of mmdet's and mmseg's own ``tools/test.py``; the config's
 ``default_scope`` ('mmdet' or 'mmseg') picks the codebase. ``checkpoint`` is a local file or
 a URL (http(s)://, open-mmlab://, ...), loaded through mmengine with ``dinat_backbone``'s
-``weights_only`` fix. Like ``tools/train.py``, it checks the config, checkpoint and test
-dataset before building the Runner and runs ``--launcher pytorch`` without CUDA.
+safe loaders (``--trust-checkpoint`` for a trusted file that needs full unpickling). Like
+``tools/train.py``, it checks the config, checkpoint and test dataset before building the
+Runner and runs ``--launcher pytorch`` without CUDA.
 
 ``--out``: mmdet dumps the raw predictions to a ``.pkl`` file (for offline evaluation);
 mmseg writes the predicted label maps as PNG files into that directory.
@@ -25,8 +26,9 @@ from typing import Any, Optional, Sequence
 from mmengine.config import Config, ConfigDict
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # tools/ (also when imported)
-from train import (add_common_args, check_dataset_paths, load_config,  # noqa: E402
-                   parse_with_local_rank, set_work_dir, setup_distributed)
+from train import (add_common_args, build_runner, check_dataset_paths,  # noqa: E402
+                   load_config, loading_checkpoints, parse_with_local_rank, set_work_dir,
+                   setup_distributed)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -155,13 +157,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     check_dataset_paths(cfg, ['test_dataloader'])
     setup_distributed(cfg, args.launcher)
 
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    if args.out is not None and scope == 'mmdet':
-        from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    metrics = runner.test()
+    with loading_checkpoints(args.trust_checkpoint):
+        runner = build_runner(cfg)
+        if args.out is not None and scope == 'mmdet':
+            from mmdet.evaluation import DumpDetResults
+            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        metrics = runner.test()
     _report(runner, args, scope)
     return metrics
 

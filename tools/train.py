@@ -4,8 +4,9 @@ The flags are those of mmdet's and mmseg's own ``tools/train.py``; the config's
 ``default_scope`` ('mmdet' or 'mmseg') decides which codebase's modules are registered.
 On top of those tools, this one
 
-* imports ``dinat_backbone`` first, so its registrations and its fix for ``torch.load``'s
-  ``weights_only`` default (``--resume``, ``load_from``) apply;
+* imports ``dinat_backbone`` first, so its registrations and its checkpoint loaders apply
+  (``--resume``, ``load_from``: ``weights_only=True`` with an allow-list of what checkpoints
+  hold; ``--trust-checkpoint`` unpickles fully, for a trusted file that needs more);
 * stops early with a readable message for an unknown config, a dataset missing on disk
   (naming the expected layout) and ``--amp`` without a GPU;
 * runs ``--launcher pytorch`` on machines without CUDA (gloo process group, DDP without
@@ -22,6 +23,7 @@ Examples::
 ``setup_distributed``), so both tools behave alike.
 """
 import argparse
+import contextlib
 import datetime
 import importlib
 import logging
@@ -69,7 +71,8 @@ The config reads `data_prefix.img_path` and `data_prefix.seg_map_path` relative 
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """The flags train.py and test.py share: ``--cfg-options``, ``--launcher``, ``--local_rank``."""
+    """The flags train.py and test.py share: ``--cfg-options``, ``--launcher``, ``--local_rank``
+    and ``--trust-checkpoint``."""
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override some settings in the used config, the key-value pair '
@@ -83,6 +86,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help='job launcher')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument(
+        '--trust-checkpoint', action='store_true',
+        help='unpickle the checkpoints of this run fully (resume, load_from, init_cfg), which '
+        'runs any code they contain; only for files from a source you trust. Without it they '
+        'are read with torch.load(weights_only=True) and an allow-list')
 
 
 def parse_with_local_rank(parser: argparse.ArgumentParser,
@@ -138,7 +146,7 @@ def load_config(path: str, cfg_options: Optional[Dict] = None,
     if not osp.isfile(path):
         raise SystemExit(f'Config file not found: {path!r} (relative paths are resolved from '
                          f'the current directory, {os.getcwd()}).')
-    import dinat_backbone  # noqa: F401  (registers DiNAT; torch.load weights_only fix)
+    import dinat_backbone  # noqa: F401  (registers DiNAT and the safe checkpoint loaders)
 
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
@@ -312,6 +320,25 @@ def setup_distributed(cfg: Config, launcher: str) -> None:
 
 
 # ----------------------------------------------------------------------------------- training
+def build_runner(cfg: Config) -> Any:
+    """The Runner of ``cfg`` (``runner_type`` if set), as mmdet's/mmseg's tools build it."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+@contextlib.contextmanager
+def loading_checkpoints(trusted: bool) -> Iterator[None]:
+    """Run the Runner in this: checkpoints unpickled fully only with ``--trust-checkpoint``,
+    and a refused one ends the tool with the message that names the fix."""
+    from dinat_backbone.safe_loading import UnsafeCheckpointError, trust_checkpoints
+    try:
+        with trust_checkpoints(trusted):
+            yield
+    except UnsafeCheckpointError as error:
+        raise SystemExit(f'error: {error}') from None
+
+
 def _setup_amp(cfg: Config) -> None:
     from mmengine.device import get_device
     from mmengine.logging import print_log
@@ -393,10 +420,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     check_dataset_paths(cfg, loaders)
     setup_distributed(cfg, args.launcher)
 
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    with loading_checkpoints(args.trust_checkpoint):
+        runner = build_runner(cfg)
+        runner.train()
     _report(runner)
 
 

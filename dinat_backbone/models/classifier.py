@@ -76,17 +76,22 @@ class DiNATClassifier(BaseModule):
         return self.head(self.forward_features(x))
 
     def load_checkpoint(self, filename: Union[str, Mapping[str, Any]],
-                        logger: Union[Any, str, None] = None) -> CheckpointReport:
+                        logger: Union[Any, str, None] = None,
+                        trusted: bool = False) -> CheckpointReport:
         """Load a whole published classifier (backbone, final norm and head), strictly.
 
-        ``filename`` is a path, URL, zoo name, or a checkpoint already read.
+        ``filename`` is a path, URL, zoo name, or a checkpoint already read. ``trusted=True``
+        unpickles a file fully, running any code it contains (see
+        :func:`~dinat_backbone.checkpoint.read_checkpoint`).
 
         Raises:
             CheckpointKeyError: the checkpoint has no classifier (a backbone or task checkpoint),
                 or missing/unexpected keys.
             ValueError: a different variant, or a head with a different number of classes.
+            UnsafeCheckpointError: the file needs unpickling beyond the allow-list.
         """
-        checkpoint = read_checkpoint(filename) if isinstance(filename, str) else filename
+        checkpoint = read_checkpoint(filename, trusted) if isinstance(filename, str) \
+            else filename
         state_dict, report = convert_to_reference(checkpoint)
         report.source = filename if isinstance(filename, str) else None
         # Output norms of a dense-prediction backbone (HF DinatBackbone's stage norms) are not

@@ -1,0 +1,395 @@
+"""Safe checkpoint loading: a pickle that runs code is refused through every entry point and
+runs only with the explicit per-call opt-in; what real checkpoints hold still loads; downloads
+are cached per full URL, verified by the hash in their name and written atomically.
+
+The malicious file is a valid DiNAT checkpoint plus one entry whose ``__reduce__`` calls
+``os.system('touch MARKER')``: the marker file appearing is the proof that code ran.
+"""
+import argparse
+import contextlib
+import functools
+import hashlib
+import http.server
+import os
+import pickle
+import shlex
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import load_tool, run_script
+
+from dinat_backbone.checkpoint import load_pretrained, read_checkpoint
+from dinat_backbone.features import build_backbone
+from dinat_backbone.models import DiNAT
+from dinat_backbone.models.classifier import DiNATClassifier
+from dinat_backbone.safe_loading import (UnsafeCheckpointError, allowed_globals,
+                                         download_checkpoint, load_checkpoint_file,
+                                         trust_checkpoints)
+
+ARCH = dict(embed_dims=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], mlp_ratio=2.)
+DILATIONS = [[1], [2], [1, 2], [1]]
+OFFENDER = 'posix.system'  # what the payload's pickle names (os.system on Linux)
+
+
+def tiny_dinat(**kwargs) -> DiNAT:
+    return DiNAT(arch=ARCH, kernel_size=3, dilations=DILATIONS, drop_path_rate=0., **kwargs)
+
+
+def tiny_classifier(**kwargs) -> DiNATClassifier:
+    return DiNATClassifier(arch=ARCH, num_classes=10, kernel_size=3, dilations=DILATIONS,
+                           **kwargs)
+
+
+class _RunsCode:
+    """Pickles as a call of ``os.system``: unpickling it creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {shlex.quote(str(self.marker))}', )
+
+
+def reference_state() -> dict:
+    """A classifier in the original SHI-Labs layout (backbone, ``norm.*``, ``head.*``)."""
+    torch.manual_seed(0)
+    state = {k: v for k, v in tiny_classifier().state_dict().items()}
+    state = {('norm.' + k[len('backbone.norm3.'):] if k.startswith('backbone.norm3.') else
+              k[len('backbone.'):] if k.startswith('backbone.') else k): v
+             for k, v in state.items()}
+    return state
+
+
+def write_malicious(path: Path, legacy: bool = False) -> Path:
+    """A valid checkpoint with a payload; returns the marker the payload would create."""
+    marker = path.parent / f'{path.name}.ran'
+    torch.save({'state_dict': reference_state(), 'payload': _RunsCode(marker)}, path,
+               _use_new_zipfile_serialization=not legacy)
+    return marker
+
+
+def assert_refused(error: BaseException, marker: Path) -> None:
+    message = str(error)
+    assert OFFENDER in message, message
+    assert 'trusted=True' in message and '--trust-checkpoint' in message, message
+    assert not marker.exists(), 'the payload ran'
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    """An http server for ``directory`` on localhost; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{server.server_address[1]}'
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """torch.hub's directory (the download cache) under ``tmp_path``."""
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / 'hub'))
+    yield tmp_path / 'hub' / 'checkpoints'
+    torch.hub.set_dir(old)
+
+
+# ---------------------------------------------------------------------------------------------
+# The malicious file through the package's and mmengine's entry points
+
+
+def _mmengine_load_checkpoint(model: nn.Module, path: str) -> dict:
+    from mmengine.runner import load_checkpoint
+    return load_checkpoint(model, path)
+
+
+def _mmengine_module(path: str) -> nn.Module:
+    from mmengine.model import BaseModule
+
+    class Whole(BaseModule):  # any model with mmengine's own Pretrained initialisation
+        def __init__(self):
+            super().__init__(init_cfg=dict(type='Pretrained', checkpoint=path))
+            self.backbone = tiny_dinat()
+
+    return Whole()
+
+
+ENTRY_POINTS = {
+    'read_checkpoint': lambda path: read_checkpoint(path),
+    'load_pretrained': lambda path: load_pretrained(tiny_dinat(), path),
+    'DiNAT init_cfg': lambda path: tiny_dinat(
+        init_cfg=dict(type='Pretrained', checkpoint=path)).init_weights(),
+    'mmengine init_cfg': lambda path: _mmengine_module(path).init_weights(),
+    'DiNATClassifier.load_checkpoint': lambda path: tiny_classifier().load_checkpoint(path),
+    'DiNATClassifier init_cfg': lambda path: tiny_classifier(
+        init_cfg=dict(type='Pretrained', checkpoint=path)).init_weights(),
+    'build_backbone': lambda path: build_backbone('mini', path),
+    'mmengine load_checkpoint': lambda path: _mmengine_load_checkpoint(tiny_dinat(), path),
+}
+
+
+@pytest.mark.parametrize('legacy', [False, True], ids=['zip', 'legacy format'])
+@pytest.mark.parametrize('entry', sorted(ENTRY_POINTS))
+def test_code_in_a_checkpoint_does_not_run(entry, legacy, tmp_path):
+    path = tmp_path / 'evil.pth'
+    marker = write_malicious(path, legacy)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        ENTRY_POINTS[entry](str(path))
+    assert_refused(info.value, marker)
+    # the allow-list is given per call, never added process-wide
+    assert not set(allowed_globals()) & set(torch.serialization.get_safe_globals())
+
+
+class _FetchesAttribute:
+    """Pickles as ``getattr(numpy.ndarray, 'tofile')``: getattr is allowed for HistoryBuffer's
+    methods only (it could otherwise reach any attribute, e.g. ``getattr.__self__``)."""
+
+    def __reduce__(self):
+        return getattr, (np.ndarray, 'tofile')
+
+
+def test_getattr_fetches_only_history_buffer_methods(tmp_path):
+    torch.save({'method': _FetchesAttribute()}, tmp_path / 'getattr.pth')
+    with pytest.raises(UnsafeCheckpointError, match=r"getattr\(<class 'numpy.ndarray'>, "
+                                                    r"'tofile'\); only HistoryBuffer's"):
+        load_checkpoint_file(str(tmp_path / 'getattr.pth'))
+
+
+def test_hugging_face_snapshot_folder(tmp_path):
+    folder = tmp_path / 'snapshot'
+    folder.mkdir()
+    marker = write_malicious(folder / 'pytorch_model.bin')
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_pretrained(tiny_dinat(), str(folder))
+    assert_refused(info.value, marker)
+
+
+def test_urls_through_the_package_and_mmengine(tmp_path, hub):
+    from mmengine.runner.checkpoint import CheckpointLoader
+    marker = write_malicious(tmp_path / 'evil.pth')
+    with serve(tmp_path) as base:
+        for load in (read_checkpoint, CheckpointLoader.load_checkpoint):
+            with pytest.raises(UnsafeCheckpointError) as info:
+                load(f'{base}/evil.pth')
+            assert_refused(info.value, marker)
+
+
+def test_the_opt_in_runs_the_code_per_call_only(tmp_path):
+    from mmengine.runner import load_checkpoint
+    path = tmp_path / 'evil.pth'
+    marker = write_malicious(path)
+    report = load_pretrained(tiny_dinat(), str(path), trusted=True)
+    assert marker.exists() and len(report.loaded) > 0  # ran, and the weights loaded
+    marker.unlink()
+    with pytest.raises(UnsafeCheckpointError):  # the opt-in did not outlive its call
+        read_checkpoint(str(path))
+    assert not marker.exists()
+
+    model = tiny_dinat()
+    with trust_checkpoints():  # mmengine's loading (load_from, resume, init_cfg)
+        load_checkpoint(model, str(path))
+    assert marker.exists()
+    marker.unlink()
+    with trust_checkpoints(False):
+        with pytest.raises(UnsafeCheckpointError):
+            load_checkpoint(model, str(path))
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# What real checkpoints hold still loads, without the opt-in
+
+
+def _same(a, b) -> bool:
+    """Deep equality of what two loads of one checkpoint returned."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, dict):
+        return type(a) is type(b) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    if hasattr(a, '__dict__') and not callable(a):
+        return type(a) is type(b) and _same(vars(a), vars(b))
+    return type(a) is type(b) and a == b
+
+
+def _toy_runner(work_dir: Path, max_iters: int, **kwargs):
+    """A real mmengine Runner (linear model, validation with a numpy metric, best checkpoint)."""
+    from mmengine.evaluator import BaseMetric
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Linear(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 1)
+
+        def forward(self, inputs, targets, mode='tensor'):
+            out = self.linear(inputs)
+            if mode == 'loss':
+                return {'loss': F.mse_loss(out, targets)}
+            return list(zip(out, targets))
+
+    class MSE(BaseMetric):
+        def process(self, data_batch, data_samples):
+            self.results += [float(((o - t) ** 2).sum()) for o, t in data_samples]
+
+        def compute_metrics(self, results):
+            return dict(mse=np.float64(np.mean(results)))  # numpy scalars in the message hub
+
+    generator = torch.Generator().manual_seed(0)
+    data = [dict(inputs=torch.randn(2, generator=generator),
+                 targets=torch.randn(1, generator=generator)) for _ in range(8)]
+    loader = dict(dataset=data, sampler=dict(type='DefaultSampler', shuffle=False),
+                  batch_size=2, collate_fn=dict(type='default_collate'))
+    return Runner(
+        model=Linear(), work_dir=str(work_dir), experiment_name=f'{work_dir.name}_{max_iters}',
+        train_dataloader=loader, val_dataloader=loader, val_evaluator=[MSE()],
+        train_cfg=dict(by_epoch=False, max_iters=max_iters, val_interval=2),
+        val_cfg=dict(), optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.01)),
+        param_scheduler=dict(type='LinearLR', start_factor=0.5, by_epoch=False, end=4),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False,
+                                           save_best='mse', rule='less')),
+        default_scope='mmengine', **kwargs)
+
+
+def test_a_runner_checkpoint_loads_and_resumes(tmp_path):
+    _toy_runner(tmp_path, max_iters=2).train()
+    path = tmp_path / 'iter_2.pth'
+    # Plain weights_only=True refuses it (HistoryBuffer, numpy): the allow-list is what reads it.
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    safe = load_checkpoint_file(str(path))
+    assert _same(safe, torch.load(path, weights_only=False))
+    assert isinstance(safe['message_hub']['runtime_info']['best_score'], np.float64)
+
+    resumed = _toy_runner(tmp_path, max_iters=4, resume=True, load_from=str(path))
+    resumed.train()
+    assert resumed.iter == 4
+    history = resumed.message_hub.get_scalar('train/loss').data[0]
+    assert len(history) == 4  # the 2 logged before the checkpoint came back with it
+
+
+def test_published_layouts_load_without_the_opt_in(tmp_path):
+    """timm-trained ImageNet files keep their command line (argparse.Namespace), the amp
+    scaler and a numpy metric; mmcv 1.x task files (legacy format) plain metadata."""
+    state = reference_state()
+    timm_style = dict(state_dict=state, epoch=299, arch='dinat_mini', version=2,
+                      args=argparse.Namespace(model='dinat_mini', lr=1e-3, drop_path=0.1),
+                      amp_scaler=dict(scale=65536.0, growth_factor=2.0, backoff_factor=0.5,
+                                      growth_interval=2000, _growth_tracker=10),
+                      metric=np.float64(81.8), optimizer={'state': {}, 'param_groups': []})
+    torch.save(timm_style, tmp_path / 'timm.pth')
+    loaded = read_checkpoint(str(tmp_path / 'timm.pth'))
+    assert _same(loaded, timm_style)
+    assert len(load_pretrained(tiny_dinat(), str(tmp_path / 'timm.pth')).loaded) > 0
+
+    mmcv1 = dict(meta=dict(CLASSES=('a', 'b'), PALETTE=[[1, 2, 3], [4, 5, 6]],
+                           mmseg_version='0.20.2+abc', config='model = dict()', epoch=1,
+                           iter=160000, fp16=dict(loss_scaler=dict(scale=512.0))),
+                 state_dict={'backbone.' + k: v for k, v in state.items()})
+    torch.save(mmcv1, tmp_path / 'mmcv1.pth', _use_new_zipfile_serialization=False)
+    assert _same(read_checkpoint(str(tmp_path / 'mmcv1.pth')), mmcv1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloads
+
+
+def test_cache_is_keyed_by_the_full_url(tmp_path, hub):
+    from mmengine.runner.checkpoint import CheckpointLoader
+    served = tmp_path / 'served'
+    contents = {}
+    for folder, value in (('a', 1.), ('b', 2.)):
+        (served / folder).mkdir(parents=True)
+        contents[folder] = {'w': torch.full((2, ), value)}
+        torch.save(contents[folder], served / folder / 'w.bin')
+    with serve(served) as base:
+        for load in (read_checkpoint, CheckpointLoader.load_checkpoint):
+            for folder in ('a', 'b', 'a'):
+                assert _same(load(f'{base}/{folder}/w.bin'), contents[folder]), (load, folder)
+    cached = sorted(str(p.relative_to(hub)) for p in hub.rglob('*') if p.is_file())
+    assert len(cached) == 2 and {Path(p).name for p in cached} == {'w.bin'}, cached
+
+
+def test_a_hash_in_the_file_name_is_verified(tmp_path, hub):
+    served = tmp_path / 'served'
+    served.mkdir()
+    torch.save({'w': torch.ones(2)}, served / 'good.pth')
+    digest = hashlib.sha256((served / 'good.pth').read_bytes()).hexdigest()
+    (served / 'good.pth').rename(served / f'w-{digest[:10]}.pth')
+    torch.save({'w': torch.zeros(2)}, served / f'w-{"0" * 10}.pth')  # name promises another
+    with serve(served) as base:
+        assert torch.equal(read_checkpoint(f'{base}/w-{digest[:10]}.pth')['w'], torch.ones(2))
+        with pytest.raises(RuntimeError, match=f'w-{"0" * 10}.pth is corrupt or not the file'):
+            download_checkpoint(f'{base}/w-{"0" * 10}.pth')
+        # a name with a number that is no hash (fewer than 8 hex digits) is not checked
+        torch.save({'w': torch.ones(1)}, served / 'dinat-mini-224.pth')
+        assert read_checkpoint(f'{base}/dinat-mini-224.pth')['w'].shape == (1, )
+    files = sorted(p.name for p in hub.rglob('*') if p.is_file())
+    assert files == sorted(['dinat-mini-224.pth', f'w-{digest[:10]}.pth']), files  # no partial
+
+
+# ---------------------------------------------------------------------------------------------
+# The tools (subprocesses; they fail at load time without the flag)
+
+
+@pytest.fixture(scope='module')
+def image(tmp_path_factory) -> Path:
+    import cv2
+    path = tmp_path_factory.mktemp('image') / 'a.png'
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    return path
+
+
+def _tool_args(tool: str, path: Path, tmp: Path, image: Path, config: str) -> list:
+    return {
+        'convert_checkpoint.py': [str(path), str(tmp / 'out.pth')],
+        'convert_checkpoint.py --task': [str(path), str(tmp / 'out.pth'), '--task'],
+        'classify.py': [str(image), '--checkpoint', str(path)],
+        'extract_features.py': ['mini', '--checkpoint', str(path), '--input', str(image),
+                                '--out', str(tmp / 'features'), '--no-progress'],
+        'test.py': [config, str(path), '--work-dir', str(tmp / 'work')],
+        'train.py --resume': [config, '--work-dir', str(tmp / 'work'), '--resume', str(path)],
+    }[tool]
+
+
+@pytest.mark.parametrize('tool', ['convert_checkpoint.py', 'convert_checkpoint.py --task',
+                                  'classify.py', 'extract_features.py', 'test.py',
+                                  'train.py --resume'])
+def test_tools_refuse_and_opt_in(tool, tmp_path, image, tiny_seg_config):
+    """Refused: a subprocess, as users run it (exit status and message). Opt-in: the same
+    command line with --trust-checkpoint, in-process (``main(argv)``) to save a start-up."""
+    path = tmp_path / 'evil.pth'
+    marker = write_malicious(path)
+    args = _tool_args(tool, path, tmp_path, image, tiny_seg_config)
+    script = tool.split()[0]
+    refused = run_script(script, args)
+    assert refused.returncode != 0
+    assert_refused(refused.stderr, marker)
+
+    try:
+        outcome = load_tool(script[:-len('.py')]).main(args + ['--trust-checkpoint'])
+    except (Exception, SystemExit) as error:  # after loading, the payload's 0 may not fit
+        outcome = error
+    assert marker.exists(), outcome
+    assert 'Refused to unpickle' not in str(outcome)
+    if script == 'convert_checkpoint.py':  # a valid checkpoint beside the payload: converted
+        assert outcome == 0 and (tmp_path / 'out.pth').is_file()
