@@ -4,7 +4,10 @@ forward), the ``na2d`` operator, checkpoint loading and the command-line tools. 
 
 The tools must refuse at their start: every tool row also passes an argument that would fail
 differently (a missing checkpoint, an unregistered model type) if the tool got as far as
-building or loading a model, so the expected message shows the check came first."""
+building or loading a model, so the expected message shows the check came first. The tool
+rows call each tool's ``main`` in this process (a subprocess each took 8-22 s here, mostly
+imports); one subprocess run checks what a user sees: the exit status and a one-line error
+without a traceback."""
 import functools
 import importlib.util
 import json
@@ -292,7 +295,6 @@ def run_main(tool: str, argv: list, capsys) -> tuple:
     return code, err
 
 
-# In-process: the tools share one import of the stack (a subprocess each took 8-22 s here).
 @pytest.mark.parametrize('tool,args,code,fragment', TOOLS)
 def test_tool_refuses_at_start(tool, args, code, fragment, tool_paths, capsys):
     got, err = run_main(tool, [a.format(**tool_paths) for a in args], capsys)
