@@ -21,7 +21,7 @@ import torch
 
 from conftest import REPO_ROOT, run_script
 from dinat_backbone.checkpoint import load_pretrained
-from dinat_backbone.features import FeatureExtractor, build_backbone
+from dinat_backbone.features import FeatureExtractor, build_backbone, read_image
 from dinat_backbone.models import DiNAT, NeighborhoodAttention2D
 from dinat_backbone.ops import na2d
 
@@ -299,6 +299,13 @@ def run_main(tool: str, argv: list, capsys) -> tuple:
 def test_tool_refuses_at_start(tool, args, code, fragment, tool_paths, capsys):
     got, err = run_main(tool, [a.format(**tool_paths) for a in args], capsys)
     assert (got, fragment.format(**tool_paths) in err) == (code, True), err
+
+
+def test_reading_an_empty_image_file_names_it(tool_paths):
+    # OpenCV asserts on an empty buffer (cv2.error) instead of returning None.
+    path = tool_paths['empty_jpg']
+    with pytest.raises(ValueError, match=re.escape(f"Cannot read image '{path}'")):
+        read_image(path)
 
 
 def test_a_tool_error_is_one_line_without_traceback(tool_paths):
