@@ -124,6 +124,8 @@ def test_config_loads(name):
     assert cfg.custom_imports == dict(imports=['dinat_backbone'], allow_failed_imports=False)
     assert cfg.default_scope in ('mmseg', 'mmdet')
     assert cfg.model.backbone.type == 'DiNAT'
+    # saves that survive a kill (dinat_backbone/checkpoint_hook.py; tests/test_crash_safe_saves.py)
+    assert cfg.default_hooks.checkpoint.type == 'CrashSafeCheckpointHook'
     # The backbone arguments are real DiNAT arguments (no swallowed leftovers of a base).
     unknown = set(cfg.model.backbone) - set(inspect.signature(DiNAT).parameters) - {'type'}
     assert not unknown, f'unknown DiNAT arguments {unknown}'

@@ -77,7 +77,7 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=4),
-    checkpoint=dict(type='CheckpointHook', interval=4, max_keep_ckpts=2))
+    checkpoint=dict(type='CrashSafeCheckpointHook', interval=4, max_keep_ckpts=2))
 log_processor = dict(window_size=4)
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)

@@ -8,6 +8,8 @@ _base_ = [
     'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py'
 ]
 custom_imports = dict(imports=['dinat_backbone'], allow_failed_imports=False)
+# mmengine's CheckpointHook with saves that survive a kill (dinat_backbone/checkpoint_hook.py)
+default_hooks = dict(checkpoint=dict(type='CrashSafeCheckpointHook'))
 
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)

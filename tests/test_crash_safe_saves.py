@@ -1,0 +1,230 @@
+"""Checkpoint saves survive a SIGKILL in the middle of any write (CrashSafeCheckpointHook).
+
+A tiny UPerNet-DiNAT run through ``tools/train.py`` (the demo model; a checkpoint and a
+validation at every iteration, ``save_best``, ``max_keep_ckpts=1``) is killed halfway through one
+file write: a test-only module imported by the config wraps ``open`` so that the chosen write
+puts half its bytes on disk and then SIGKILLs its own process (what a kill from outside during
+a slow write does, made deterministic). The validation score is the iteration, so every
+validation is a new best. mmengine writes, at iteration N:
+
+    iter_N.pth (rotating iter_{N-1}.pth out), best_score_iter_N.pth (replacing the previous
+    best), iter_N.pth again (now naming the new best; last_checkpoint already names it)
+
+The kill points, each followed by ``--resume`` (which goes on to the next kill): ``new_best``
+= best_score_iter_2.pth, ``rotation`` = the first write of iter_3.pth, ``resave`` = the second.
+With our hook every ``.pth`` file stays complete, ``last_checkpoint`` names one, the best it
+records exists, and the last ``--resume`` finishes the run. The same kills against mmengine's
+``CheckpointHook`` show the bug guarded against.
+"""
+import os
+import signal
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, assert_ok, run_script
+
+# Imported by the test config (custom_imports) in each training process.
+SUPPORT_MODULE = '''\
+"""Test support: a validation score that grows with training, and a kill inside a write."""
+import builtins
+import os
+import signal
+
+from mmengine.evaluator import BaseMetric
+from mmengine.logging import MessageHub
+from mmengine.registry import METRICS
+
+
+@METRICS.register_module()
+class IterationScore(BaseMetric):
+    """Scores a validation by the training iteration it follows: each one is a new best."""
+
+    def process(self, data_batch, data_samples):
+        self.results.append(None)
+
+    def compute_metrics(self, results):
+        return dict(score=float(MessageHub.get_current_instance().get_info('iter') + 1))
+
+
+class _KillHalfway:
+    """A file whose first write stores half the bytes, then SIGKILLs this process."""
+
+    def __init__(self, file):
+        self._file = file
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return self._file.__exit__(*exc_info)
+
+    def write(self, data):
+        self._file.write(data[:len(data) // 2])
+        self._file.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# KILL_DURING_WRITE=NAME:N kills during the N-th binary write of NAME, or of a hidden
+# temporary file named after it ('.NAME...').
+if os.environ.get('KILL_DURING_WRITE'):
+    _name, _nth = os.environ['KILL_DURING_WRITE'].split(':')
+    _writes = []
+    _open = builtins.open
+
+    def _open_killing(file, mode='r', *args, **kwargs):
+        f = _open(file, mode, *args, **kwargs)
+        if 'b' in mode and ('w' in mode or 'x' in mode) and \\
+                os.path.basename(str(file)).lstrip('.').startswith(_name):
+            _writes.append(file)
+            if len(_writes) == int(_nth):
+                return _KillHalfway(f)
+        return f
+
+    builtins.open = _open_killing
+'''
+
+CONFIG = '''\
+_base_ = [{tiny_seg_config!r}]
+custom_imports = dict(imports=['dinat_backbone', 'save_kill_support'],
+                      allow_failed_imports=False)
+val_dataloader = dict(dataset=dict(indices=1))
+test_dataloader = val_dataloader
+val_evaluator = dict(_delete_=True, type='IterationScore')
+test_evaluator = val_evaluator
+train_cfg = dict(max_iters=4, val_interval=1)
+default_hooks = dict(checkpoint=dict(
+    type={hook!r}, interval=1, max_keep_ckpts=1, save_best='score', rule='greater'))
+'''
+
+
+def is_complete(path: Path) -> bool:
+    """A complete torch checkpoint: a zip archive whose members all pass their CRC check."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return archive.testzip() is None
+
+
+def latest(work_dir: Path) -> Path:
+    return Path((work_dir / 'last_checkpoint').read_text().strip())
+
+
+def recorded_best(checkpoint: Path) -> Path:
+    """The best checkpoint that a checkpoint's message hub records (what resume restores)."""
+    hub = torch.load(checkpoint, map_location='cpu', weights_only=False)['message_hub']
+    return Path(hub['runtime_info']['best_ckpt'])
+
+
+def partial_files(work_dir: Path):
+    return sorted(p.name for p in work_dir.glob('.*.part'))
+
+
+@pytest.fixture(scope='module')
+def support_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp('save_kill_support')
+    (path / 'save_kill_support.py').write_text(SUPPORT_MODULE)
+    return path
+
+
+@pytest.fixture
+def make_config(tiny_seg_config, tmp_path):
+    def make(hook: str) -> str:
+        path = tmp_path / f'{hook}.py'
+        path.write_text(CONFIG.format(tiny_seg_config=tiny_seg_config, hook=hook))
+        return str(path)
+    return make
+
+
+def train(config: str, work_dir: Path, support_dir: Path, kill_during: Optional[str] = None,
+          resume: bool = False) -> str:
+    """Run tools/train.py, killed during the write ``kill_during`` ('NAME:N') if given; the log.
+    """
+    env = dict(PYTHONPATH=os.pathsep.join([str(support_dir), str(REPO_ROOT)]))
+    if kill_during:
+        env['KILL_DURING_WRITE'] = kill_during
+    result = run_script('train.py', [config, '--work-dir', str(work_dir)] +
+                        (['--resume'] if resume else []), env=env)
+    if kill_during:
+        assert result.returncode == -signal.SIGKILL, (
+            f'not killed during {kill_during} (exit {result.returncode}):\n'
+            f'{result.stdout[-3000:]}\n{result.stderr[-3000:]}')
+    else:
+        assert_ok(result)
+    return result.stdout + result.stderr
+
+
+# (kill point, write killed, latest complete checkpoint after the kill)
+KILL_SEQUENCE = [
+    ('new_best', 'best_score_iter_2.pth:1', 'iter_2.pth'),
+    ('rotation', 'iter_3.pth:1', 'iter_2.pth'),
+    ('resave', 'iter_3.pth:2', 'iter_3.pth'),
+]
+
+
+def test_kill_at_each_point_of_a_save_then_resume(make_config, support_dir, tmp_path):
+    config, work_dir = make_config('CrashSafeCheckpointHook'), tmp_path / 'work'
+    resume_from = None
+    for point, kill_during, expected_latest in KILL_SEQUENCE:
+        log = train(config, work_dir, support_dir, kill_during, resume=resume_from is not None)
+        if resume_from is not None:
+            assert f'Auto resumed from the latest checkpoint {work_dir / resume_from}.' in log
+            assert 'left by an interrupted save' in log  # the previous kill's partial file
+        # the kill landed in the write: half the new file is on disk, under a temporary name
+        [partial] = partial_files(work_dir)
+        assert partial.startswith('.' + kill_during.split(':')[0] + '.'), point
+        # last_checkpoint names a complete file, and the best it records exists
+        assert latest(work_dir) == work_dir / expected_latest, point
+        assert is_complete(work_dir / expected_latest), point
+        assert is_complete(recorded_best(work_dir / expected_latest)), point
+        assert all(is_complete(p) for p in work_dir.glob('*.pth')), point
+        resume_from = expected_latest
+    assert (work_dir / 'best_score_iter_1.pth').is_file()  # never removed before its successor
+
+    log = train(config, work_dir, support_dir, resume=True)
+    assert f'Auto resumed from the latest checkpoint {work_dir / resume_from}.' in log
+    assert not partial_files(work_dir)
+    assert latest(work_dir) == work_dir / 'iter_4.pth' and is_complete(work_dir / 'iter_4.pth')
+    assert recorded_best(work_dir / 'iter_4.pth') == work_dir / 'best_score_iter_4.pth'
+    assert all(is_complete(p) for p in work_dir.glob('*.pth'))
+
+
+def test_control_mmengine_hook_loses_checkpoints(make_config, support_dir, tmp_path):
+    """The same kills with mmengine's own CheckpointHook: what the hook above prevents."""
+    config, work_dir = make_config('CheckpointHook'), tmp_path / 'work'
+    # new best: the previous best, still recorded by the latest checkpoint, is already removed
+    train(config, work_dir, support_dir, 'best_score_iter_2.pth:1')
+    assert latest(work_dir) == work_dir / 'iter_2.pth'
+    assert recorded_best(work_dir / 'iter_2.pth') == work_dir / 'best_score_iter_1.pth'
+    assert not (work_dir / 'best_score_iter_1.pth').exists()
+    assert not is_complete(work_dir / 'best_score_iter_2.pth')
+    # rotation: iter_2.pth is removed before iter_3.pth is written, and last_checkpoint names it
+    train(config, work_dir, support_dir, 'iter_3.pth:1', resume=True)
+    assert latest(work_dir) == work_dir / 'iter_2.pth' and not latest(work_dir).exists()
+    assert not any(is_complete(p) for p in work_dir.glob('iter_*.pth'))
+    # re-save after a new best: iter_1.pth is truncated in place while last_checkpoint names it
+    work_dir = tmp_path / 'resave'
+    train(config, work_dir, support_dir, 'iter_1.pth:2')
+    assert latest(work_dir) == work_dir / 'iter_1.pth' and not is_complete(latest(work_dir))
+    with pytest.raises(RuntimeError, match='PytorchStreamReader failed'):  # what resume reports
+        torch.load(latest(work_dir), map_location='cpu', weights_only=False)
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
+    from dinat_backbone.checkpoint_hook import atomic_write
+
+    target = tmp_path / 'iter_1.pth'
+    atomic_write(str(target), b'old')
+    with pytest.raises(TypeError):
+        atomic_write(str(target), 'not bytes')  # fails inside the write
+    assert target.read_bytes() == b'old' and sorted(p.name for p in tmp_path.iterdir()) == [
+        'iter_1.pth']
+    atomic_write(str(target), b'new')
+    assert target.read_bytes() == b'new'
+
