@@ -29,6 +29,7 @@ else:
     _OPENMMLAB_MISSING = None
     from . import compat  # noqa: F401  (registers mmengine checkpoint loaders)
     from . import task_checkpoint  # noqa: F401  (registers TaskCheckpointHook)
+    from . import checkpoint_hook  # noqa: F401  (registers CrashSafeCheckpointHook)
     from .models import DiNAT, dilation_preset
     from .registry import register_all
 
