@@ -64,10 +64,9 @@ def kernels_built() -> bool:
     return cpu_kernels() is not None
 
 
+@torch.compiler.assume_constant_result
 def _tables(length: int, kernel: int, dilation: int) -> AxisNeighbours:
-    if torch.compiler.is_compiling():
-        # Computed in the graph (a few integer ops), which then serves symbolic sizes too.
-        return AxisNeighbours(*axis_neighbours(length, kernel, dilation, torch.device('cpu')))
+    # torch.compile takes the tables as constants of its graph, as it does the tiled plan.
     return _cached_tables(length, kernel, dilation)
 
 

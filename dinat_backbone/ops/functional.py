@@ -99,9 +99,17 @@ class _Plan(NamedTuple):
     col_pattern: torch.Tensor  # [nx] pattern id of each column tile
 
 
-@lru_cache(maxsize=64)
+@torch.compiler.assume_constant_result
 def _plan(height: int, width: int, kernel: Tuple[int, int], dilation: Tuple[int, int],
           tile: int, device: torch.device) -> _Plan:
+    # torch.compile takes the plan as a constant of its graph: torch.unique has no static
+    # output shape, so tracing it would break the graph.
+    return _cached_plan(height, width, kernel, dilation, tile, device)
+
+
+@lru_cache(maxsize=64)
+def _cached_plan(height: int, width: int, kernel: Tuple[int, int], dilation: Tuple[int, int],
+                 tile: int, device: torch.device) -> _Plan:
     rows = _axis_tables(height, kernel[0], dilation[0], tile, device)
     cols = _axis_tables(width, kernel[1], dilation[1], tile, device)
     row_patterns, row_pattern = torch.unique(rows.bias_index, dim=0, return_inverse=True)
