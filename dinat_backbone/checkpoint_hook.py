@@ -21,7 +21,8 @@ import glob
 import os
 import os.path as osp
 import uuid
-from typing import Callable, List, Tuple
+from pathlib import Path
+from typing import Callable, List, Tuple, Union
 
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, get_file_backend, register_backend
@@ -71,7 +72,7 @@ class AtomicLocalBackend(LocalBackend):
     does that for local checkpoint directories.
     """
 
-    def put(self, obj: bytes, filepath: str) -> None:
+    def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
         atomic_write(str(filepath), obj)
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-import torch
 
 from conftest import REPO_ROOT, assert_ok, run_script
+from dinat_backbone.checkpoint_hook import atomic_write
+from dinat_backbone.safe_loading import load_checkpoint_file
 
 # Imported by the test config (custom_imports) in each training process.
 SUPPORT_MODULE = '''\
@@ -118,7 +119,7 @@ def latest(work_dir: Path) -> Path:
 
 def recorded_best(checkpoint: Path) -> Path:
     """The best checkpoint that a checkpoint's message hub records (what resume restores)."""
-    hub = torch.load(checkpoint, map_location='cpu', weights_only=False)['message_hub']
+    hub = load_checkpoint_file(str(checkpoint), map_location='cpu')['message_hub']
     return Path(hub['runtime_info']['best_ckpt'])
 
 
@@ -205,7 +206,8 @@ def test_control_mmengine_hook_loses_checkpoints(make_config, support_dir, tmp_p
     assert not (work_dir / 'best_score_iter_1.pth').exists()
     assert not is_complete(work_dir / 'best_score_iter_2.pth')
     # rotation: iter_2.pth is removed before iter_3.pth is written, and last_checkpoint names it
-    train(config, work_dir, support_dir, 'iter_3.pth:1', resume=True)
+    log = train(config, work_dir, support_dir, 'iter_3.pth:1', resume=True)
+    assert f'Auto resumed from the latest checkpoint {work_dir / "iter_2.pth"}.' in log
     assert latest(work_dir) == work_dir / 'iter_2.pth' and not latest(work_dir).exists()
     assert not any(is_complete(p) for p in work_dir.glob('iter_*.pth'))
     # re-save after a new best: iter_1.pth is truncated in place while last_checkpoint names it
@@ -213,12 +215,10 @@ def test_control_mmengine_hook_loses_checkpoints(make_config, support_dir, tmp_p
     train(config, work_dir, support_dir, 'iter_1.pth:2')
     assert latest(work_dir) == work_dir / 'iter_1.pth' and not is_complete(latest(work_dir))
     with pytest.raises(RuntimeError, match='PytorchStreamReader failed'):  # what resume reports
-        torch.load(latest(work_dir), map_location='cpu', weights_only=False)
+        load_checkpoint_file(str(latest(work_dir)), map_location='cpu')
 
 
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
-    from dinat_backbone.checkpoint_hook import atomic_write
-
     target = tmp_path / 'iter_1.pth'
     atomic_write(str(target), b'old')
     with pytest.raises(TypeError):
