@@ -2,16 +2,19 @@
 neighbourhood attention at its nominal cost.
 
 mmengine (like fvcore, whose convention it keeps: one multiply-add counts as one FLOP) traces
-the model and counts each ATen operator it knows. Traced as it runs, our tiled operator would
-be counted by its padded halo matmuls, which depend on the tile size rather than on the
-attention. :func:`flop_analyzer` therefore traces the model with every
-:class:`~dinat_backbone.models.NeighborhoodAttention2D` calling :func:`~dinat_backbone.ops.na2d`
-through one opaque operator, ``dinat_backbone::na2d_counted``, and counts that operator as
-:func:`na2d_flops`: ``2 * B * heads * H * W * kh * kw * head_dim`` (QK and AV), whatever the
-implementation does internally. This is the count that Swin's window attention gets from the
-same analysis (``aten::matmul``: ``2 * B * heads * H * W * w * w * head_dim`` on its window-padded
-map), so the two compare fairly. Linear, convolution and norm layers are counted by mmengine's
-own handlers; softmax, bias additions and activations count zero, for every model alike.
+the model with ``torch.jit.trace`` and counts each ATen operator it knows. Traced,
+:func:`~dinat_backbone.ops.na2d` runs its gather form, whose two einsums mmengine counts as
+the attention's multiply-adds, so upstream tools (mmseg's and mmdet's ``get_flops.py``) count
+DiNAT with no handle of ours; but mmengine reads einsum counts from numpy's ``einsum_path``
+report, rounded to 4 significant digits. :func:`flop_analyzer` counts exactly: it traces the
+model with every :class:`~dinat_backbone.models.NeighborhoodAttention2D` calling
+:func:`~dinat_backbone.ops.na2d` through one opaque operator, ``dinat_backbone::na2d_counted``,
+and counts that operator as :func:`na2d_flops`: ``2 * B * heads * H * W * kh * kw * head_dim``
+(QK and AV), the attention appearing under its own name in ``by_operator()``. This is the
+count that Swin's window attention gets from the same analysis (``aten::matmul``:
+``2 * B * heads * H * W * w * w * head_dim`` on its window-padded map), so the two compare
+fairly. Linear, convolution and norm layers are counted by mmengine's own handlers; softmax,
+bias additions and activations count zero, for every model alike.
 """
 from contextlib import contextmanager
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
@@ -89,7 +92,7 @@ def flop_analyzer(model: nn.Module,
     The model is traced here, under ``torch.no_grad`` and :func:`counted_na2d`, and the
     analyzer keeps the result: read it with ``total()``, ``by_operator()`` (the attention
     appears as ``na2d_counted``), ``by_module()``. Changing its op handles afterwards would
-    trace again, outside the context, and count the operator's internals instead.
+    trace again, outside the context, and count the gather form's einsums instead.
     mmengine's warnings about unsupported (zero-count) operators are turned off.
 
     Example:
