@@ -13,9 +13,15 @@ Without mmengine/mmcv the root import still succeeds (so ``dinat_backbone.ops`` 
 a machine with torch only); asking it for a model then raises an ImportError naming what is
 missing.
 """
+import warnings
 from typing import Any
 
 from .ops import na2d
+
+# mmengine re-imports pkg_resources (importlib.reload) on every `mmdet::`/`mmseg::` base-config
+# lookup, and setuptools warns about its deprecation each time: silence only that message.
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
+                        category=UserWarning)
 
 __version__ = '0.1.0'
 __all__ = ['DiNAT', 'dilation_preset', 'na2d', '__version__']
