@@ -14,6 +14,7 @@ import os
 import pickle
 import shlex
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -350,41 +351,51 @@ def test_a_hash_in_the_file_name_is_verified(tmp_path, hub):
 # ---------------------------------------------------------------------------------------------
 # The tools (subprocesses; they fail at load time without the flag)
 
+TOOLS = {  # name: (script, arguments with {ckpt}, {image}, {config}, {tmp})
+    'convert_checkpoint.py': ('convert_checkpoint.py', ['{ckpt}', '{tmp}/out.pth']),
+    'convert_checkpoint.py --task': ('convert_checkpoint.py',
+                                     ['{ckpt}', '{tmp}/out.pth', '--task']),
+    'classify.py': ('classify.py', ['{image}', '--checkpoint', '{ckpt}']),
+    'extract_features.py': ('extract_features.py',
+                            ['mini', '--checkpoint', '{ckpt}', '--input', '{image}', '--out',
+                             '{tmp}/features', '--no-progress']),
+    'test.py': ('test.py', ['{config}', '{ckpt}', '--work-dir', '{tmp}/work']),
+    'train.py --resume': ('train.py',
+                          ['{config}', '--work-dir', '{tmp}/work', '--resume', '{ckpt}']),
+}
+
 
 @pytest.fixture(scope='module')
-def image(tmp_path_factory) -> Path:
+def tool_runs(tmp_path_factory, tiny_seg_config) -> dict:
+    """Each tool run (a subprocess, as users run it) on its own malicious file: name ->
+    (its directory, arguments, marker, completed process). The runs are started together:
+    each spends most of its time importing the stack, and the suite runs one test at a time
+    on machines with more than one core."""
     import cv2
-    path = tmp_path_factory.mktemp('image') / 'a.png'
-    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
-    return path
+    image = tmp_path_factory.mktemp('image') / 'a.png'
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    runs = {}
+    for name, (script, template) in TOOLS.items():
+        tmp = tmp_path_factory.mktemp('tool')
+        marker = write_malicious(tmp / 'evil.pth')
+        args = [a.format(ckpt=tmp / 'evil.pth', image=image, config=tiny_seg_config, tmp=tmp)
+                for a in template]
+        runs[name] = (tmp, args, marker)
+    with ThreadPoolExecutor(max_workers=3) as pool:  # ~1 GB each
+        done = {name: pool.submit(run_script, TOOLS[name][0], args)
+                for name, (_, args, _) in runs.items()}
+    return {name: (*runs[name], future.result()) for name, future in done.items()}
 
 
-def _tool_args(tool: str, path: Path, tmp: Path, image: Path, config: str) -> list:
-    return {
-        'convert_checkpoint.py': [str(path), str(tmp / 'out.pth')],
-        'convert_checkpoint.py --task': [str(path), str(tmp / 'out.pth'), '--task'],
-        'classify.py': [str(image), '--checkpoint', str(path)],
-        'extract_features.py': ['mini', '--checkpoint', str(path), '--input', str(image),
-                                '--out', str(tmp / 'features'), '--no-progress'],
-        'test.py': [config, str(path), '--work-dir', str(tmp / 'work')],
-        'train.py --resume': [config, '--work-dir', str(tmp / 'work'), '--resume', str(path)],
-    }[tool]
-
-
-@pytest.mark.parametrize('tool', ['convert_checkpoint.py', 'convert_checkpoint.py --task',
-                                  'classify.py', 'extract_features.py', 'test.py',
-                                  'train.py --resume'])
-def test_tools_refuse_and_opt_in(tool, tmp_path, image, tiny_seg_config):
-    """Refused: a subprocess, as users run it (exit status and message). Opt-in: the same
-    command line with --trust-checkpoint, in-process (``main(argv)``) to save a start-up."""
-    path = tmp_path / 'evil.pth'
-    marker = write_malicious(path)
-    args = _tool_args(tool, path, tmp_path, image, tiny_seg_config)
-    script = tool.split()[0]
-    refused = run_script(script, args)
+@pytest.mark.parametrize('tool', sorted(TOOLS))
+def test_tools_refuse_and_opt_in(tool, tool_runs):
+    """Refused: exit status and message of the subprocess. Opt-in: the same command line with
+    --trust-checkpoint, in-process (``main(argv)``) to save another start-up of the stack."""
+    tmp, args, marker, refused = tool_runs[tool]
     assert refused.returncode != 0
     assert_refused(refused.stderr, marker)
 
+    script = TOOLS[tool][0]
     try:
         outcome = load_tool(script[:-len('.py')]).main(args + ['--trust-checkpoint'])
     except (Exception, SystemExit) as error:  # after loading, the payload's 0 may not fit
@@ -392,4 +403,4 @@ def test_tools_refuse_and_opt_in(tool, tmp_path, image, tiny_seg_config):
     assert marker.exists(), outcome
     assert 'Refused to unpickle' not in str(outcome)
     if script == 'convert_checkpoint.py':  # a valid checkpoint beside the payload: converted
-        assert outcome == 0 and (tmp_path / 'out.pth').is_file()
+        assert outcome == 0 and (tmp / 'out.pth').is_file()
