@@ -101,14 +101,16 @@ def _masked_logits(a, b, qy, qx, ny, nx, start_y, start_x, ok, RPB, head, qk_sca
     window starts ``start_y/x``) and ``ny, nx`` (keys) come shaped [M, 1] or [1, N] to match,
     so the same code serves the query-major and the key-major loops.
     """
-    in_y = ny - start_y
-    in_x = nx - start_x
-    valid = ok & (in_y >= 0) & (in_y < KERNEL_Y) & (in_x >= 0) & (in_x < KERNEL_X)
+    # Few operations on the [M, N] block (they cost registers): offsets outside the window
+    # wrap around to large unsigned values, and the rpb index is a difference of per-row and
+    # per-column terms.
+    valid = (ok & ((ny - start_y).to(tl.uint32) < KERNEL_Y)
+             & ((nx - start_x).to(tl.uint32) < KERNEL_X))
     s = tl.dot(a, tl.trans(b), input_precision=PRECISION) * qk_scale
     if HAS_RPB:
         width = 2 * KERNEL_X - 1
-        index = (ny - qy + KERNEL_Y - 1) * width + nx - qx + KERNEL_X - 1
-        bias = tl.load(RPB + head * (2 * KERNEL_Y - 1) * width + index, mask=valid, other=0.0)
+        table = RPB + head * (2 * KERNEL_Y - 1) * width + (KERNEL_Y - 1) * width + KERNEL_X - 1
+        bias = tl.load(table + ((ny * width + nx) - (qy * width + qx)), mask=valid, other=0.0)
         s += bias.to(tl.float32) * LOG2E
     return tl.where(valid, s, float('-inf'))
 
