@@ -130,12 +130,15 @@ def load_checkpoint_file(filename: str, map_location: Any = None, trusted: bool 
 
     Raises:
         FileNotFoundError: no such file.
-        UnsafeCheckpointError: the file needs a global outside :func:`allowed_globals`; the
-            message names it and the opt-in.
+        ValueError: an empty file.
+        UnsafeCheckpointError: the file needs a global outside :func:`allowed_globals` (the
+            message names it and the opt-in), or cannot be read without running code.
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'Checkpoint file not found: {filename}')
+    if osp.getsize(filename) == 0:  # torch would raise a bare EOFError
+        raise ValueError(f'Checkpoint file is empty (0 bytes): {filename}')
     if filename.endswith('.safetensors'):
         from safetensors.torch import load_file
         device = map_location if isinstance(map_location, (str, torch.device)) else 'cpu'
@@ -148,14 +151,19 @@ def load_checkpoint_file(filename: str, map_location: Any = None, trusted: bool 
     except pickle.UnpicklingError as error:
         names = _offending_globals(filename, error)
         if names:
-            reason = (f'it needs {", ".join(names)}, which checkpoints do not hold (they hold '
-                      'tensors, containers, numbers, strings, numpy arrays and scalars, '
-                      'mmengine\'s HistoryBuffer)')
-        else:  # torch's own reason: the last line before its pointer to the documentation
-            reason = str(error).split('\n\nCheck the documentation')[0].strip().splitlines()[-1]
+            raise UnsafeCheckpointError(
+                f'Refused to unpickle {filename}: it needs {", ".join(names)}, which checkpoints '
+                'do not hold (they hold tensors, containers, numbers, strings, numpy arrays and '
+                'scalars, mmengine\'s HistoryBuffer). Unpickling it fully would run whatever '
+                f'code the file names. If you trust its source, opt in with {OPT_IN}.'
+            ) from error
+        # torch's own reason: the last line before its pointer to the documentation
+        reason = str(error).split('\n\nCheck the documentation')[0].strip().splitlines()[-1]
         raise UnsafeCheckpointError(
-            f'Refused to unpickle {filename}: {reason}. Unpickling it fully would run whatever '
-            f'code the file names. If you trust its source, opt in with {OPT_IN}.') from error
+            f'Refused to unpickle {filename}: {reason}. It is not a torch.save file, is '
+            'corrupt, or uses pickle features that loading without running code does not '
+            f'support. If it is a checkpoint from a source you trust, opt in with {OPT_IN}.'
+        ) from error
 
 
 def download_checkpoint(url: str, model_dir: Optional[str] = None,

@@ -171,6 +171,15 @@ def test_getattr_fetches_only_history_buffer_methods(tmp_path):
         load_checkpoint_file(str(tmp_path / 'getattr.pth'))
 
 
+def test_empty_and_garbage_files_say_what_they_are(tmp_path):
+    (tmp_path / 'empty.pth').touch()
+    with pytest.raises(ValueError, match='Checkpoint file is empty'):
+        read_checkpoint(str(tmp_path / 'empty.pth'))
+    (tmp_path / 'garbage.pth').write_bytes(bytes(range(200, 256)) * 10)
+    with pytest.raises(UnsafeCheckpointError, match='not a torch.save file, is corrupt'):
+        read_checkpoint(str(tmp_path / 'garbage.pth'))
+
+
 def test_hugging_face_snapshot_folder(tmp_path):
     folder = tmp_path / 'snapshot'
     folder.mkdir()
