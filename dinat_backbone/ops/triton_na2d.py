@@ -45,7 +45,11 @@ MAX_HEAD_DIM = 128
 KERNEL_SIZES = range(3, 14, 2)
 # Query tiles and key blocks per axis (the products, 64, are the matmul sizes).
 TILE = 8
-NUM_WARPS = 4
+# Warps per program. Compiled for sm_90 (ptxas resource usage, bfloat16, head dim 32): the
+# forward fits 4 warps without spilling; the backward kernels, with more live 64x64 blocks,
+# spill at 4 (776 bytes of stack for dq/d(rpb)) and barely at 8.
+FORWARD_WARPS = 4
+BACKWARD_WARPS = 8
 
 
 @lru_cache(maxsize=None)
@@ -96,14 +100,14 @@ def _check_triton_inputs(query: torch.Tensor, kernel: Tuple[int, int]) -> Module
 
 
 def _launch_config(query: torch.Tensor, kernel: Tuple[int, int], dilation: Tuple[int, int],
-                   scale: float) -> dict:
+                   scale: float, num_warps: int = BACKWARD_WARPS) -> dict:
     """Arguments shared by the three kernels."""
     _, height, width, heads, dim = query.shape
     return dict(H=height, W=width, HEADS=heads, HEAD_DIM=dim, KERNEL_Y=kernel[0],
                 KERNEL_X=kernel[1], DIL_Y=dilation[0], DIL_X=dilation[1],
                 qk_scale=scale * math.log2(math.e),
                 PRECISION=_float32_precision() if query.dtype == torch.float32 else 'tf32',
-                BLOCK_D=max(16, _next_power_of_2(dim)), num_warps=NUM_WARPS)
+                BLOCK_D=max(16, _next_power_of_2(dim)), num_warps=num_warps)
 
 
 def _float32_precision() -> str:
@@ -141,7 +145,7 @@ def _forward(kernels: ModuleType, query: torch.Tensor, key: torch.Tensor, value:
     kernels._na2d_fwd_kernel[_grid(query, dilation)](
         query, key, value, _first_tensor(rpb, query), out, lse,
         HAS_RPB=rpb is not None, TILE_Y=TILE, TILE_X=TILE, KEYS_Y=TILE, KEYS_X=TILE,
-        **_launch_config(query, kernel, dilation, scale))
+        **_launch_config(query, kernel, dilation, scale, FORWARD_WARPS))
     return out, lse
 
 
