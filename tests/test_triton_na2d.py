@@ -118,3 +118,36 @@ def test_benchmark_gpu_uses_the_models_dilations():
     from dinat_backbone.models import DILATION_PRESETS
     for preset, dilations in benchmark_gpu.LEVEL_DILATIONS.items():
         assert dilations == DILATION_PRESETS[preset]
+
+
+@pytest.mark.parametrize('deterministic', [False, True])
+def test_kernels_compile_for_hopper(deterministic):
+    """The interpreter checks values, not types or layouts: the bfloat16 kernels (head dim 32,
+    rpb) must also lower to sm_90 machine code (Triton ships ptxas; no GPU needed)."""
+    pytest.importorskip('triton')
+    if os.environ.get('TRITON_INTERPRET', '0') != '0':
+        pytest.skip('this process runs under the interpreter')
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from dinat_backbone.ops import _triton_kernels as kernels
+    from dinat_backbone.ops.triton_na2d import TILE
+    pointers = dict.fromkeys(['Q', 'K', 'V', 'OUT', 'DOUT', 'DQ', 'DK', 'DV'], '*bf16')
+    pointers.update(dict.fromkeys(['RPB', 'LSE', 'DELTA', 'DRPB'], '*fp32'))
+    common = dict(HAS_RPB=True, PRECISION='tf32', BLOCK_D=32, TILE_Y=TILE, TILE_X=TILE)
+    launches = [
+        (kernels._na2d_bwd_query_kernel, dict(KEYS_Y=TILE, KEYS_X=TILE, RPB_Y=16, RPB_X=16,
+                                              DETERMINISTIC=deterministic), 8)]
+    if not deterministic:
+        launches += [(kernels._na2d_fwd_kernel, dict(KEYS_Y=TILE, KEYS_X=TILE), 4),
+                     (kernels._na2d_bwd_key_kernel, dict(QUERIES_Y=TILE, QUERIES_X=TILE), 8)]
+    for fn, constants, warps in launches:
+        constants = dict(common, **constants)
+        signature = {name: 'constexpr' if name in constants else
+                     pointers.get(name, 'fp32' if 'scale' in name else 'i32')
+                     for name in fn.arg_names}
+        compiled = triton.compile(ASTSource(fn, signature, constants),
+                                  target=GPUTarget('cuda', 90, 32), options={'num_warps': warps})
+        assert compiled.asm['cubin'], fn.__name__
+        assert 'mma' in compiled.asm['ptx'], fn.__name__  # the matmuls use tensor cores
