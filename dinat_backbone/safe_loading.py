@@ -76,7 +76,7 @@ def allowed_globals() -> Tuple[SafeGlobal, ...]:
     numpy_functions = [(function, f'{module}.{function.__name__}')
                        for module in ('numpy.core.multiarray', 'numpy._core.multiarray')
                        for function in (multiarray.scalar, multiarray._reconstruct)]
-    dtypes = getattr(np, 'dtypes', None)  # numpy >= 1.25 pickles dtypes by these classes
+    dtypes = getattr(np, 'dtypes', None)  # numpy >= 1.25: what a pickled dtype class names
     dtype_classes = [getattr(dtypes, name) for name in dir(dtypes) if name.endswith('DType')
                      ] if dtypes is not None else []
     return (HistoryBuffer, (_getattr_of_history_buffer, 'builtins.getattr'), np.ndarray,
