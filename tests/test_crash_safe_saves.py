@@ -14,11 +14,12 @@ The kill points, each followed by ``--resume`` (which goes on to the next kill):
 = best_score_iter_2.pth, ``rotation`` = the first write of iter_3.pth, ``resave`` = the second.
 With our hook every ``.pth`` file stays complete, ``last_checkpoint`` names one, the best it
 records exists, and the last ``--resume`` finishes the run. The same kills against mmengine's
-``CheckpointHook`` show the bug guarded against.
+``CheckpointHook``, in fresh runs started together, show the bug guarded against.
 """
 import os
 import signal
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -196,23 +197,32 @@ def test_kill_at_each_point_of_a_save_then_resume(make_config, support_dir, tmp_
     assert all(is_complete(p) for p in work_dir.glob('*.pth'))
 
 
+# The same kill points in fresh runs (kill point, write killed)
+CONTROL_KILLS = [
+    ('new_best', 'best_score_iter_2.pth:1'),
+    ('rotation', 'iter_2.pth:1'),
+    ('resave', 'iter_1.pth:2'),
+]
+
+
 def test_control_mmengine_hook_loses_checkpoints(make_config, support_dir, tmp_path):
     """The same kills with mmengine's own CheckpointHook: what the hook above prevents."""
-    config, work_dir = make_config('CheckpointHook'), tmp_path / 'work'
+    config = make_config('CheckpointHook')
+    with ThreadPoolExecutor(len(CONTROL_KILLS)) as pool:  # independent runs: start together
+        list(pool.map(lambda kill: train(config, tmp_path / kill[0], support_dir, kill[1]),
+                      CONTROL_KILLS))
     # new best: the previous best, still recorded by the latest checkpoint, is already removed
-    train(config, work_dir, support_dir, 'best_score_iter_2.pth:1')
+    work_dir = tmp_path / 'new_best'
     assert latest(work_dir) == work_dir / 'iter_2.pth'
     assert recorded_best(work_dir / 'iter_2.pth') == work_dir / 'best_score_iter_1.pth'
     assert not (work_dir / 'best_score_iter_1.pth').exists()
     assert not is_complete(work_dir / 'best_score_iter_2.pth')
-    # rotation: iter_2.pth is removed before iter_3.pth is written, and last_checkpoint names it
-    log = train(config, work_dir, support_dir, 'iter_3.pth:1', resume=True)
-    assert f'Auto resumed from the latest checkpoint {work_dir / "iter_2.pth"}.' in log
-    assert latest(work_dir) == work_dir / 'iter_2.pth' and not latest(work_dir).exists()
+    # rotation: iter_1.pth is removed before iter_2.pth is written, and last_checkpoint names it
+    work_dir = tmp_path / 'rotation'
+    assert latest(work_dir) == work_dir / 'iter_1.pth' and not latest(work_dir).exists()
     assert not any(is_complete(p) for p in work_dir.glob('iter_*.pth'))
     # re-save after a new best: iter_1.pth is truncated in place while last_checkpoint names it
     work_dir = tmp_path / 'resave'
-    train(config, work_dir, support_dir, 'iter_1.pth:2')
     assert latest(work_dir) == work_dir / 'iter_1.pth' and not is_complete(latest(work_dir))
     with pytest.raises(RuntimeError, match='PytorchStreamReader failed'):  # what resume reports
         load_checkpoint_file(str(latest(work_dir)), map_location='cpu')
