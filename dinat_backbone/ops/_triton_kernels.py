@@ -115,6 +115,26 @@ def _masked_logits(a, b, qy, qx, ny, nx, start_y, start_x, ok, RPB, head, qk_sca
     return tl.where(valid, s, float('-inf'))
 
 
+@triton.jit
+def _key_block(q, K, V, RPB, ny0, nx0, halo_y1, halo_x1, py, px, start_y, start_x, q_ok, batch,
+               head, gy, gx, d, d_ok, H, W, HEADS, HEAD_DIM, KERNEL_Y, KERNEL_X, DIL_Y, DIL_X,
+               qk_scale, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
+               KEYS_Y: tl.constexpr, KEYS_X: tl.constexpr):
+    """Keys and values of the block at ``(ny0, nx0)`` of a query tile's halo (which ends at
+    ``halo_y1, halo_x1``), and the tile's masked base-2 logits against it."""
+    k_idx = tl.arange(0, KEYS_Y * KEYS_X)
+    ny = ny0 + k_idx // KEYS_X
+    nx = nx0 + k_idx % KEYS_X
+    k_ok = (ny < halo_y1) & (nx < halo_x1)
+    k_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, ny, nx)
+    k = _load(K, k_rows, k_ok, d, d_ok, HEAD_DIM)
+    v = _load(V, k_rows, k_ok, d, d_ok, HEAD_DIM)
+    s = _masked_logits(q, k, py[:, None], px[:, None], ny[None, :], nx[None, :],
+                       start_y[:, None], start_x[:, None], q_ok[:, None] & k_ok[None, :], RPB,
+                       head, qk_scale, KERNEL_Y, KERNEL_X, HAS_RPB, PRECISION)
+    return k, v, s
+
+
 @triton.jit(do_not_specialize=_SIZES)
 def _na2d_fwd_kernel(Q, K, V, RPB, OUT, LSE,
                      H, W, HEADS, HEAD_DIM, KERNEL_Y, KERNEL_X, DIL_Y, DIL_X, qk_scale,
@@ -136,19 +156,12 @@ def _na2d_fwd_kernel(Q, K, V, RPB, OUT, LSE,
     m_i = tl.full([TILE_Y * TILE_X], -1.0e30, tl.float32)  # finite: a block may mask a row
     l_i = tl.zeros([TILE_Y * TILE_X], tl.float32)
     acc = tl.zeros([TILE_Y * TILE_X, BLOCK_D], tl.float32)
-    k_idx = tl.arange(0, KEYS_Y * KEYS_X)
     for ny0 in range(halo_y0, halo_y1, KEYS_Y):
         for nx0 in range(halo_x0, halo_x1, KEYS_X):
-            ny = ny0 + k_idx // KEYS_X
-            nx = nx0 + k_idx % KEYS_X
-            k_ok = (ny < halo_y1) & (nx < halo_x1)
-            k_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, ny, nx)
-            k = _load(K, k_rows, k_ok, d, d_ok, HEAD_DIM)
-            v = _load(V, k_rows, k_ok, d, d_ok, HEAD_DIM)
-            s = _masked_logits(q, k, py[:, None], px[:, None], ny[None, :], nx[None, :],
-                               start_y[:, None], start_x[:, None],
-                               q_ok[:, None] & k_ok[None, :], RPB, head, qk_scale,
-                               KERNEL_Y, KERNEL_X, HAS_RPB, PRECISION)
+            k, v, s = _key_block(q, K, V, RPB, ny0, nx0, halo_y1, halo_x1, py, px, start_y,
+                                 start_x, q_ok, batch, head, gy, gx, d, d_ok, H, W, HEADS,
+                                 HEAD_DIM, KERNEL_Y, KERNEL_X, DIL_Y, DIL_X, qk_scale, HAS_RPB,
+                                 PRECISION, KEYS_Y, KEYS_X)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
@@ -194,19 +207,12 @@ def _na2d_bwd_query_kernel(Q, K, V, RPB, DOUT, LSE, DELTA, DQ, DRPB,
     drpb = tl.zeros([RPB_Y, RPB_X], tl.float32)
 
     dq = tl.zeros([TILE_Y * TILE_X, BLOCK_D], tl.float32)
-    k_idx = tl.arange(0, KEYS_Y * KEYS_X)
     for ny0 in range(halo_y0, halo_y1, KEYS_Y):
         for nx0 in range(halo_x0, halo_x1, KEYS_X):
-            ny = ny0 + k_idx // KEYS_X
-            nx = nx0 + k_idx % KEYS_X
-            k_ok = (ny < halo_y1) & (nx < halo_x1)
-            k_rows = _rows(batch, H, W, HEADS, head, gy, gx, DIL_Y, DIL_X, ny, nx)
-            k = _load(K, k_rows, k_ok, d, d_ok, HEAD_DIM)
-            v = _load(V, k_rows, k_ok, d, d_ok, HEAD_DIM)
-            s = _masked_logits(q, k, py[:, None], px[:, None], ny[None, :], nx[None, :],
-                               start_y[:, None], start_x[:, None],
-                               q_ok[:, None] & k_ok[None, :], RPB, head, qk_scale,
-                               KERNEL_Y, KERNEL_X, HAS_RPB, PRECISION)
+            k, v, s = _key_block(q, K, V, RPB, ny0, nx0, halo_y1, halo_x1, py, px, start_y,
+                                 start_x, q_ok, batch, head, gy, gx, d, d_ok, H, W, HEADS,
+                                 HEAD_DIM, KERNEL_Y, KERNEL_X, DIL_Y, DIL_X, qk_scale, HAS_RPB,
+                                 PRECISION, KEYS_Y, KEYS_X)
             p = tl.exp2(s - lse[:, None])
             dp = tl.dot(dout, tl.trans(v), input_precision=PRECISION)
             ds = p * (dp - delta[:, None])  # gradient of the (natural) logits
