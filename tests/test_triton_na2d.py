@@ -106,15 +106,20 @@ def test_benchmark_gpu_smoke_on_cpu():
     assert 'DiNAT-T' in out and 'Swin-T' in out  # measured or skipped with the reason
 
 
-def test_benchmark_gpu_uses_the_models_dilations():
-    """The tool restates DiNAT-T's dilations (the models need mmengine, the GPU machine has
-    only torch): they must stay those of the presets."""
-    pytest.importorskip('mmengine')
+@pytest.fixture(scope='module')
+def benchmark_gpu():
     sys.path.insert(0, str(REPO_ROOT / 'tools'))
     try:
         import benchmark_gpu
     finally:
         sys.path.remove(str(REPO_ROOT / 'tools'))
+    return benchmark_gpu
+
+
+def test_benchmark_gpu_uses_the_models_dilations(benchmark_gpu):
+    """The tool restates DiNAT-T's dilations (the models need mmengine, the GPU machine has
+    only torch): they must stay those of the presets."""
+    pytest.importorskip('mmengine')
     from dinat_backbone.models import DILATION_PRESETS
     for preset, dilations in benchmark_gpu.LEVEL_DILATIONS.items():
         assert dilations == DILATION_PRESETS[preset]
@@ -151,3 +156,17 @@ def test_kernels_compile_for_hopper(deterministic):
                                   target=GPUTarget('cuda', 90, 32), options={'num_warps': warps})
         assert compiled.asm['cubin'], fn.__name__
         assert 'mma' in compiled.asm['ptx'], fn.__name__  # the matmuls use tensor cores
+
+
+@pytest.mark.parametrize('height,width,dilation', [(9, 10, 1), (15, 16, 2), (22, 21, 3)])
+def test_benchmark_gpu_flex_peer_is_neighbourhood_attention(benchmark_gpu, height, width,
+                                                            dilation):
+    """The FlexAttention peer (eager here: compiled flex is GPU-only) computes na2d with rpb:
+    shifted borders, groups of unequal length."""
+    from dinat_backbone.ops import na2d_gather
+    q, k, v, rpb = benchmark_gpu.random_inputs((1, height, width, 2, 8), 7, torch.float64,
+                                               torch.device('cpu'))
+    flex = benchmark_gpu.flex_neighbourhood(height, width, dilation, torch.device('cpu'),
+                                            compile=False)
+    torch.testing.assert_close(flex(q, k, v, rpb), na2d_gather(q, k, v, 7, dilation, rpb=rpb),
+                               rtol=0, atol=1e-12)

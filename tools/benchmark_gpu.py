@@ -88,10 +88,11 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: tor
     return out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, heads, dim)[:, :h, :w]
 
 
-def flex_neighbourhood(height: int, width: int, dilation: int, device: torch.device
-                       ) -> Callable[..., torch.Tensor]:
-    """Compiled FlexAttention computing ``na2d`` with rpb: a block mask of the dilated windows
-    (NATTEN's shifted borders) and a ``score_mod`` adding ``rpb[h, dy + k - 1, dx + k - 1]``."""
+def flex_neighbourhood(height: int, width: int, dilation: int, device: torch.device,
+                       compile: bool = True) -> Callable[..., torch.Tensor]:
+    """FlexAttention computing ``na2d`` with rpb: a block mask of the dilated windows (NATTEN's
+    shifted borders) and a ``score_mod`` adding ``rpb[h, dy + k - 1, dx + k - 1]``; compiled
+    (the eager form builds the whole score matrix: for tests)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     k, d = KERNEL, dilation
 
@@ -107,8 +108,8 @@ def flex_neighbourhood(height: int, width: int, dilation: int, device: torch.dev
                 & axis(q_idx % width, kv_idx % width, width))
 
     block_mask = create_block_mask(mask_mod, None, None, height * width, height * width,
-                                   device=device, _compile=True)
-    compiled = torch.compile(flex_attention, dynamic=False)
+                                   device=device, _compile=compile)
+    compiled = torch.compile(flex_attention, dynamic=False) if compile else flex_attention
 
     def attention(q: torch.Tensor, key: torch.Tensor, v: torch.Tensor,
                   rpb: torch.Tensor) -> torch.Tensor:
