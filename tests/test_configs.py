@@ -137,7 +137,7 @@ def test_alias_is_exactly_tiny():
 
 
 def test_model_zoo_points_at_these_configs():
-    zoo = pytest.importorskip('dinat_backbone.model_zoo')
+    from dinat_backbone import model_zoo as zoo
     for entry in zoo.TASK_CHECKPOINTS.values():
         name = str(Path(entry.config).relative_to('configs'))
         assert name in PAPER, entry.config

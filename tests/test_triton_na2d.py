@@ -1,5 +1,5 @@
 """The Triton backend without a GPU: the kernels under Triton's interpreter (in a subprocess,
-see test_triton_interpreted.py), the choice of backend for CUDA tensors (fake CUDA tensors:
+see triton_interpreted_cases.py), the choice of backend for CUDA tensors (fake CUDA tensors:
 nothing runs on them), the package without Triton, and the GPU benchmark's CPU smoke mode."""
 import os
 import subprocess
@@ -29,9 +29,8 @@ def run_python(args, interpret, timeout=600):
 
 
 def test_kernels_under_the_interpreter():
-    pytest.importorskip('triton')
     out = run_python(['-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-                      'tests/test_triton_interpreted.py'], interpret=True)
+                      'tests/triton_interpreted_cases.py'], interpret=True)
     assert ' passed' in out and 'skipped' not in out, out[-2000:]
 
 
@@ -43,7 +42,6 @@ def cuda_tensors(dtype=torch.float32, head_dim=32):
 
 
 def test_auto_picks_triton_for_cuda_tensors():
-    pytest.importorskip('triton')
     query, rpb = cuda_tensors()
     assert select_backend(query, rpb) == 'triton'
     assert select_backend(query, None, kernel_size=11) == 'triton'
@@ -59,9 +57,6 @@ def test_auto_picks_triton_for_cuda_tensors():
 
 
 def test_triton_on_cpu_without_the_interpreter_raises():
-    pytest.importorskip('triton')
-    if os.environ.get('TRITON_INTERPRET', '0') != '0':
-        pytest.skip('this process runs under the interpreter')
     q = torch.zeros(1, 9, 9, 1, 4)
     with pytest.raises(RuntimeError, match='TRITON_INTERPRET=1'):
         na2d(q, q, q, 3, backend='triton')
@@ -94,7 +89,6 @@ def test_package_works_without_triton():
 
 
 def test_benchmark_gpu_smoke_on_cpu():
-    pytest.importorskip('triton')
     out = run_python(['tools/benchmark_gpu.py', '--device', 'cpu', '--smoke'], interpret=True)
     assert 'error:' not in out, out
     triton_row = next(line for line in out.splitlines() if '| float32 | triton |' in line)
@@ -119,7 +113,6 @@ def benchmark_gpu():
 def test_benchmark_gpu_uses_the_models_dilations(benchmark_gpu):
     """The tool restates DiNAT-T's dilations (the models need mmengine, the GPU machine has
     only torch): they must stay those of the presets."""
-    pytest.importorskip('mmengine')
     from dinat_backbone.models import DILATION_PRESETS
     for preset, dilations in benchmark_gpu.LEVEL_DILATIONS.items():
         assert dilations == DILATION_PRESETS[preset]
@@ -129,9 +122,6 @@ def test_benchmark_gpu_uses_the_models_dilations(benchmark_gpu):
 def test_kernels_compile_for_hopper(deterministic):
     """The interpreter checks values, not types or layouts: the bfloat16 kernels (head dim 32,
     rpb) must also lower to sm_90 machine code (Triton ships ptxas; no GPU needed)."""
-    pytest.importorskip('triton')
-    if os.environ.get('TRITON_INTERPRET', '0') != '0':
-        pytest.skip('this process runs under the interpreter')
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

@@ -2,7 +2,8 @@
 against the float64 oracle and NATTEN 0.17.5's saved outputs.
 
 Triton reads ``TRITON_INTERPRET=1`` when the kernels are defined, so this module runs only in a
-process started with it: ``test_triton_na2d.py::test_kernels_under_the_interpreter`` starts one.
+process started with it: ``test_triton_na2d.py::test_kernels_under_the_interpreter`` starts one
+(its name keeps pytest from collecting it in the suite's own process).
 The interpreter runs bfloat16 matmuls wrongly, so float32 and float16 are checked here (bfloat16
 by ``tools/benchmark_gpu.py`` on a GPU).
 """
@@ -14,11 +15,11 @@ import torch
 
 from na_oracle import oracle
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get('TRITON_INTERPRET') != '1',
-    reason='needs TRITON_INTERPRET=1 at start-up; test_triton_na2d.py runs it in a subprocess')
+if os.environ.get('TRITON_INTERPRET') != '1':
+    raise RuntimeError('run this module with TRITON_INTERPRET=1 set at start-up '
+                       '(test_triton_na2d.py does)')
 
-triton = pytest.importorskip('triton')
+import triton  # noqa: E402
 from triton.runtime.interpreter import InterpreterBuilder  # noqa: E402
 
 from dinat_backbone.ops import na2d, na2d_tiled  # noqa: E402
