@@ -23,9 +23,34 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ['reset_peak_memory', 'peak_memory_mib', 'run_peak_memory_mib', 'time_interleaved',
-           'measure', 'CleanProcessMemory']
+           'measure', 'CleanProcessMemory', 'window_attention']
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor,
+                     window: int = 7) -> torch.Tensor:
+    """The operator benchmarks' peer: Swin's W-MSA with rpb (``[heads, 2w-1, 2w-1]``) on
+    ``[B, H, W, heads, D]`` maps, padded to whole windows, through
+    ``scaled_dot_product_attention`` (the same FLOPs as neighbourhood attention of kernel w)."""
+    b, h, w, heads, dim = q.shape
+    ph, pw = -h % window, -w % window
+    if ph or pw:
+        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pw, 0, ph)) for t in (q, k, v))
+    hp, wp = h + ph, w + pw
+
+    def windows(t: torch.Tensor) -> torch.Tensor:
+        t = t.view(b, hp // window, window, wp // window, window, heads, dim)
+        return t.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, heads, window * window, dim)
+
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window),
+                                        indexing='ij')).flatten(1).to(q.device)
+    rel = coords[:, :, None] - coords[:, None, :] + window - 1
+    out = F.scaled_dot_product_attention(windows(q), windows(k), windows(v),
+                                         attn_mask=rpb[:, rel[0], rel[1]].to(q.dtype))
+    out = out.view(b, hp // window, wp // window, heads, window, window, dim)
+    return out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, heads, dim)[:, :h, :w]
 
 
 @lru_cache(maxsize=1)

@@ -19,7 +19,7 @@ if os.environ.get('TRITON_INTERPRET') != '1':
     raise RuntimeError('run this module with TRITON_INTERPRET=1 set at start-up '
                        '(test_triton_na2d.py does)')
 
-import triton  # noqa: E402
+import triton  # noqa: E402,F401  (a test requirement: fail here if it is missing)
 from triton.runtime.interpreter import InterpreterBuilder  # noqa: E402
 
 from dinat_backbone.ops import na2d, na2d_tiled  # noqa: E402

@@ -39,9 +39,8 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from dinat_backbone.benchmark_utils import measure
+from dinat_backbone.benchmark_utils import measure, window_attention
 from dinat_backbone.ops import na2d, na2d_gather
 
 KERNEL = 7
@@ -64,28 +63,6 @@ def random_inputs(shape: Sequence[int], kernel: int, dtype: torch.dtype, device:
     q, k, v = (torch.randn(*shape, generator=gen).to(device, dtype) for _ in range(3))
     rpb = torch.randn(shape[3], 2 * kernel - 1, 2 * kernel - 1, generator=gen)
     return q, k, v, rpb.to(device, dtype)
-
-
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor,
-                     window: int = KERNEL) -> torch.Tensor:
-    """Swin's W-MSA with rpb on ``[B, H, W, heads, D]`` (padded to whole windows), through
-    ``scaled_dot_product_attention``."""
-    b, h, w, heads, dim = q.shape
-    ph, pw = -h % window, -w % window
-    q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pw, 0, ph)) for t in (q, k, v))
-    hp, wp = h + ph, w + pw
-
-    def windows(t: torch.Tensor) -> torch.Tensor:
-        t = t.view(b, hp // window, window, wp // window, window, heads, dim)
-        return t.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, heads, window * window, dim)
-
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window),
-                                        indexing='ij')).flatten(1).to(q.device)
-    rel = coords[:, :, None] - coords[:, None, :] + window - 1
-    out = F.scaled_dot_product_attention(windows(q), windows(k), windows(v),
-                                         attn_mask=rpb[:, rel[0], rel[1]])
-    out = out.view(b, hp // window, wp // window, heads, window, window, dim)
-    return out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, heads, dim)[:, :h, :w]
 
 
 def flex_neighbourhood(height: int, width: int, dilation: int, device: torch.device,

@@ -22,7 +22,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from dinat_backbone.benchmark_utils import measure
+from dinat_backbone.benchmark_utils import measure, window_attention
 from dinat_backbone.ops import na2d, select_backend
 
 # DiNAT-Tiny at 512x512: (map size, channels, heads, ADE20K dilations used at that level)
@@ -33,29 +33,6 @@ TINY_LEVELS = {
     4: (16, 512, 16, (1, 2)),
 }
 KERNEL = 7
-
-
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor,
-                     window: int = KERNEL) -> torch.Tensor:
-    """Swin's W-MSA on ``[B, H, W, heads, D]`` (padded to a multiple of the window)."""
-    b, h, w, heads, dim = q.shape
-    ph, pw = -h % window, -w % window
-    if ph or pw:
-        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pw, 0, ph)) for t in (q, k, v))
-    hp, wp = h + ph, w + pw
-
-    def windows(t: torch.Tensor) -> torch.Tensor:
-        t = t.view(b, hp // window, window, wp // window, window, heads, dim)
-        return t.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, heads, window * window, dim)
-
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window),
-                                        indexing='ij')).flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :] + window - 1)
-    bias = rpb[:, rel[0], rel[1]]                                   # [heads, w*w, w*w]
-    attn = (windows(q) * dim**-0.5) @ windows(k).transpose(-1, -2) + bias
-    out = attn.softmax(-1) @ windows(v)
-    out = out.view(b, hp // window, wp // window, heads, window, window, dim)
-    return out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, heads, dim)[:, :h, :w]
 
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
@@ -111,10 +88,10 @@ def run_case(level: int, dilation: int, args: argparse.Namespace, device: torch.
             results['tiled fwd'] = measure(lambda: tiled(q, k, v, rpb), args.repeats, device)
         results['tiled fwd+bwd'] = measure(fwd_bwd(tiled), args.repeats, device)
 
-    window = window_attention
     with torch.no_grad():
-        results['window fwd'] = measure(lambda: window(q, k, v, rpb), args.repeats, device)
-    results['window fwd+bwd'] = measure(fwd_bwd(window), args.repeats, device)
+        results['window fwd'] = measure(lambda: window_attention(q, k, v, rpb), args.repeats,
+                                        device)
+    results['window fwd+bwd'] = measure(fwd_bwd(window_attention), args.repeats, device)
 
     if 'natten' not in args.skip:
         import natten
