@@ -1,5 +1,6 @@
 """Independent oracle for neighbourhood attention, written from the published semantics
-(dinat-reference "Neighbourhood semantics"), used by the operator and layer tests."""
+(NATTEN <= 0.17; restated in the docstring of dinat_backbone/ops/functional.py), used by the
+operator and layer tests."""
 import torch
 
 

@@ -41,7 +41,8 @@ def _url(arch: str) -> str:
     return IN22K_LARGE if arch == 'large' else IN1K.format(arch)
 
 
-# Per-block dilations as written out in the reference configs (dinat-reference.md).
+# Per-block dilations as written out in the reference configs (SHI-Labs/
+# Neighborhood-Attention-Transformer, detection/ and segmentation/configs/dinat/).
 def _reference_dilations(task: str, arch: str) -> List[List[int]]:
     r = 1 if arch == 'mini' else 3
     if task == 'coco':
@@ -52,8 +53,8 @@ def _reference_dilations(task: str, arch: str) -> List[List[int]]:
     return [[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * r, [1, 2, 1, 2, 1]]
 
 
-# The paper table (dinat-reference.md "Training recipes"; parameters from the reference model
-# tables): config, arch, drop path, lr, parameters (millions).
+# The paper's tables (DiNAT, arXiv 2209.15001, and the reference repository's model tables):
+# config, arch, drop path, lr, parameters (millions).
 SEG = [  # UPerNet, ADE20K, 160k iterations, AdamW wd 0.01
     ('segmentation/upernet_dinat-m_8xb2-160k_ade20k-512x512.py', 'mini', 0.2, 6e-5, 50),
     ('segmentation/upernet_dinat-t_8xb2-160k_ade20k-512x512.py', 'tiny', 0.3, 6e-5, 58),
