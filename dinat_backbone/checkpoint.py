@@ -30,7 +30,8 @@ from .safe_loading import download_checkpoint, load_checkpoint_file
 __all__ = [
     'CheckpointReport', 'CheckpointKeyError', 'LAYOUTS', 'unwrap_checkpoint', 'detect_layout',
     'convert_huggingface', 'convert_to_backbone', 'convert_to_reference', 'infer_arch',
-    'adapt_state_dict', 'check_variant', 'read_checkpoint', 'load_pretrained', 'variant_name',
+    'adapt_state_dict', 'check_variant', 'read_checkpoint', 'load_pretrained', 'zoo_arch_name',
+    'variant_name',
 ]
 
 StateDict = Dict[str, torch.Tensor]
@@ -356,13 +357,19 @@ def _differing_fields(a: Mapping[str, Any], b: Mapping[str, Any]) -> List[str]:
     return differ
 
 
+def zoo_arch_name(arch: Mapping[str, Any], zoo: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
+    """The key of the ``zoo`` entry (e.g. ``'small'`` of ``DiNAT.arch_zoo``) that ``arch`` (e.g.
+    from :func:`infer_arch`) matches; None for an unlisted or incompletely known variant."""
+    if any(_normalised(arch)[f] is None for f in _ARCH_FIELDS[:4]):
+        return None
+    return next((name for name, entry in zoo.items() if not _differing_fields(arch, entry)),
+                None)
+
+
 def variant_name(arch: Mapping[str, Any], zoo: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
     """``'DiNAT-Small'`` when ``arch`` matches an entry of ``zoo`` (e.g. ``DiNAT.arch_zoo``)."""
-    for name, entry in zoo.items():
-        if not _differing_fields(arch, entry) and \
-                all(_normalised(arch)[f] is not None for f in _ARCH_FIELDS[:4]):
-            return f'DiNAT-{name.capitalize()}'
-    return None
+    name = zoo_arch_name(arch, zoo)
+    return None if name is None else f'DiNAT-{name.capitalize()}'
 
 
 def _describe(arch: Mapping[str, Any], fields: List[str], zoo: Mapping[str, Any]) -> str:

@@ -42,7 +42,8 @@ __all__ = [
     'collect_images', 'read_image', 'extract_features', 'FeatureExtractor'
 ]
 
-# ImageNet statistics on the 0-255 scale, RGB order (as in mmseg/mmdet data preprocessors).
+# ImageNet statistics on the 0-255 scale, RGB order (as in mmseg/mmdet data preprocessors); the
+# only copy: divide by 255 for images scaled to [0, 1].
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -141,7 +142,7 @@ def build_backbone(config_or_arch: str,
             checkpoint that does not fit (see :func:`~dinat_backbone.checkpoint.load_pretrained`).
     """
     from .checkpoint import convert_to_backbone, infer_arch, load_pretrained, read_checkpoint
-    from .model_zoo import IMAGENET_CHECKPOINTS
+    from .model_zoo import default_dilations
 
     if _is_config(config_or_arch):
         if dilations is not None or kernel_size is not None:
@@ -151,12 +152,11 @@ def build_backbone(config_or_arch: str,
         if checkpoint is not None:
             kwargs['init_cfg'] = None  # the given checkpoint replaces the config's weights
     elif config_or_arch.lower() in DiNAT.arch_zoo:
-        entry = IMAGENET_CHECKPOINTS.get(checkpoint) if checkpoint else None
         if kernel_size is None and checkpoint is not None:
             found = infer_arch(convert_to_backbone(read_checkpoint(checkpoint, trusted))[0])
             kernel_size = found['kernel_size']
         kwargs = dict(arch=config_or_arch.lower(), kernel_size=kernel_size or 7,
-                      dilations=dilations or (entry.dilations if entry else 'imagenet'))
+                      dilations=dilations or default_dilations(checkpoint))
         preprocessing = Preprocessing()
     else:
         raise ValueError(f'{config_or_arch!r} is neither a config file (.py) nor a DiNAT arch '

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 
 __all__ = ['PretrainedCheckpoint', 'TaskCheckpoint', 'IMAGENET_CHECKPOINTS', 'TASK_CHECKPOINTS',
            'get_pretrained', 'get_checkpoint_url', 'get_hf_url', 'resolve_checkpoint',
-           'list_checkpoints']
+           'list_checkpoints', 'default_dilations']
 
 _ROOT = 'https://shi-labs.com/projects/dinat/checkpoints'
 _HF = 'https://huggingface.co'
@@ -194,6 +194,13 @@ def get_hf_url(name: str) -> str:
     if entry.hf_hub_id is None:
         raise KeyError(f'{name!r} has no Hugging Face port; use {entry.url}.')
     return f'{_HF}/{entry.hf_hub_id}/resolve/main/pytorch_model.bin'
+
+
+def default_dilations(checkpoint: Optional[str]) -> str:
+    """The dilation preset a model built for ``checkpoint`` gets unless told otherwise: the
+    zoo entry's when ``checkpoint`` is an ImageNet checkpoint name, else ``'imagenet'``."""
+    entry = IMAGENET_CHECKPOINTS.get(checkpoint) if checkpoint else None
+    return entry.dilations if entry is not None else 'imagenet'
 
 
 def resolve_checkpoint(name_or_path: str) -> str:

@@ -124,10 +124,9 @@ def run_script(script: str, args: List[str], env: Optional[Dict[str, str]] = Non
 
 def load_tool(name: str) -> ModuleType:
     """A ``tools/`` script imported as a module (e.g. to call its ``main(argv)`` in-process)."""
-    if str(TOOLS) not in sys.path:  # the scripts import their siblings (run, tools/ is first)
-        sys.path.insert(0, str(TOOLS))
     spec = importlib.util.spec_from_file_location(f'tools_{name}', TOOLS / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would (torch.compile looks modules up there)
     spec.loader.exec_module(module)
     return module
 

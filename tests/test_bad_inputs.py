@@ -9,25 +9,21 @@ rows call each tool's ``main`` in this process (a subprocess each took 8-22 s he
 imports); one subprocess run checks what a user sees: the exit status and a one-line error
 without a traceback."""
 import functools
-import importlib.util
 import json
 import re
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, run_script
+from conftest import REPO_ROOT, load_tool, run_script
 from dinat_backbone.checkpoint import load_pretrained
 from dinat_backbone.features import FeatureExtractor, build_backbone, read_image
 from dinat_backbone.models import DiNAT, NeighborhoodAttention2D
 from dinat_backbone.ops import na2d
 
 TOOLS_DIR = REPO_ROOT / 'tools'
-sys.path.insert(0, str(TOOLS_DIR))
-import export_onnx  # noqa: E402
+export_onnx = load_tool('export_onnx')
 
 TINY_ARCH = dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], mlp_ratio=2.)
 TINY = dict(arch=TINY_ARCH, kernel_size=3, dilations=[[1]] * 4, drop_path_rate=0.)
@@ -273,20 +269,15 @@ def tool_paths(tmp_path) -> dict:
     return {k: str(v) for k, v in paths.items()}
 
 
-@functools.lru_cache(maxsize=None)
-def load_tool(name: str) -> types.ModuleType:
-    """tools/<name>.py as a module (``test`` would be the standard library's by import)."""
-    spec = importlib.util.spec_from_file_location(f'tools_{name}', TOOLS_DIR / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# One import per tool for the parametrised cases below.
+_tool = functools.lru_cache(maxsize=None)(load_tool)
 
 
 def run_main(tool: str, argv: list, capsys) -> tuple:
     """``(exit status, stderr)`` of ``tools/<tool>.py argv`` as the interpreter would end it:
     any exception but SystemExit escapes (and fails the test), as it would print a traceback."""
     try:
-        code = load_tool(tool).main(argv)
+        code = _tool(tool).main(argv)
     except SystemExit as exit:
         code = exit.code
     err = capsys.readouterr().err

@@ -17,10 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import load_tool
 from dinat_backbone.checkpoint import (CheckpointKeyError, adapt_state_dict, check_variant,
                                        convert_huggingface, convert_to_backbone,
                                        convert_to_reference, detect_layout, infer_arch,
                                        load_pretrained, read_checkpoint, unwrap_checkpoint)
+from dinat_backbone.classification import read_eval_image
 from dinat_backbone.model_zoo import (IMAGENET_CHECKPOINTS, TASK_CHECKPOINTS, get_checkpoint_url,
                                       get_hf_url, get_pretrained, list_checkpoints,
                                       resolve_checkpoint)
@@ -29,9 +31,8 @@ from dinat_backbone.models.classifier import DiNATClassifier
 
 ROOT = Path(__file__).parent.parent
 DATA = Path(__file__).parent / 'data'
-sys.path.insert(0, str(ROOT / 'tools'))
-import classify  # noqa: E402
-import convert_checkpoint  # noqa: E402
+classify = load_tool('classify')
+convert_checkpoint = load_tool('convert_checkpoint')
 
 DEPTHS = [1, 1, 2, 1]
 HEADS = [1, 2, 2, 4]
@@ -659,7 +660,7 @@ def test_classify_tool_prints_the_top5(tmp_path, capsys):
 
     model = reference_classifier(fixture).eval()
     model.load_checkpoint(str(checkpoint))
-    x = classify.preprocess(str(image), 96)
+    x = read_eval_image(str(image), 96)
     assert x.shape == (1, 3, 96, 96)
     with torch.no_grad():
         probs = model(x).softmax(-1)[0]

@@ -16,11 +16,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import REPO_ROOT, SAMPLE_SEG_CONFIG, assert_ok
+from conftest import REPO_ROOT, SAMPLE_SEG_CONFIG, assert_ok, load_tool
 from dinat_backbone.models import DiNAT
 
-sys.path.insert(0, str(REPO_ROOT / 'tools'))
-import export_onnx  # noqa: E402
+export_onnx = load_tool('export_onnx')
 
 # Two levels (the segmentor test covers four): attention needs k*d = 12 and 6 pixels wide maps.
 BACKBONE = dict(arch=dict(embed_dims=16, depths=[1, 1], num_heads=[1, 2], mlp_ratio=2.),

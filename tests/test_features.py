@@ -2,7 +2,6 @@
 writes, values equal to running the backbone directly, batching by image size, the checkpoint
 kinds it reads, and its errors."""
 import math
-import sys
 from pathlib import Path
 
 import cv2
@@ -10,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import load_tool
 from dinat_backbone.features import FeatureExtractor, Preprocessing, build_backbone
 from dinat_backbone.models import DiNAT
 
-sys.path.insert(0, str(REPO_ROOT / 'tools'))
-from extract_features import main  # noqa: E402
+main = load_tool('extract_features').main
 
 TINY = dict(arch=dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], mlp_ratio=2.),
             kernel_size=3, dilations=[[4], [2], [1], [1]])

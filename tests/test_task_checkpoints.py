@@ -13,9 +13,7 @@ formulas and the reference configs (checked at full size, on the meta device).
 import copy
 import functools
 import http.server
-import importlib.util
 import re
-import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -32,20 +30,13 @@ import dinat_backbone  # noqa: F401  (registers DiNAT in mmdet and mmseg)
 from dinat_backbone.checkpoint import CheckpointKeyError
 from dinat_backbone.model_zoo import TASK_CHECKPOINTS
 from dinat_backbone.models import DiNAT
+from conftest import load_tool
 from dinat_backbone.task_checkpoint import (TaskCheckpointHook, add_task_checkpoint_hook,
                                             check_task_state_dict, convert_task_checkpoint,
                                             detect_task_layout)
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'tools'))
-import convert_checkpoint  # noqa: E402
-
-
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f'tools_{name}', ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+convert_checkpoint = load_tool('convert_checkpoint')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,7 +557,7 @@ def test_tools_test_py_evaluates_the_old_file_as_the_converted_one(old_files, sa
                                                                    tmp_path, capsys):
     """``tools/test.py CONFIG CHECKPOINT`` (and ``--tta``) on the ADE20K-format sample: the old
     file and the one converted by tools/convert_checkpoint.py give the same label maps."""
-    test_tool = _load_tool('test')
+    test_tool = load_tool('test')
     cfg = tiny_config('upernet', sample_data_root['ade20k'])
     converted = tmp_path / 'converted.pth'
     assert convert_checkpoint.main(['--task', str(old_files['upernet']), str(converted)]) == 0

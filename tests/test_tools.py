@@ -1,30 +1,18 @@
 """tools/train.py and tools/test.py end to end on the sample data: mmseg and mmdet configs,
 resuming after a killed run, a 2-process CPU run through dist_train.sh, and the clear errors
 for a missing config, a missing dataset and --amp without CUDA."""
-import importlib.util
 import json
 import os
 import pickle
 import re
 import signal
-import sys
 import textwrap
 
 import pytest
 import torch
 
-from conftest import (REPO_ROOT, TINY_SEG_CONFIG, assert_ok, free_port, run_script,
+from conftest import (REPO_ROOT, TINY_SEG_CONFIG, assert_ok, free_port, load_tool, run_script,
                       write_config)
-
-
-def _load_tool(name: str):
-    """Import tools/<name>.py as a module (to call its main() in-process)."""
-    sys.path.insert(0, str(REPO_ROOT / 'tools'))
-    spec = importlib.util.spec_from_file_location(f'tools_{name}', REPO_ROOT / 'tools' /
-                                                  f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _exit_message(main, argv) -> str:
@@ -41,7 +29,7 @@ def _train_iters(log: str) -> list:
 
 # ------------------------------------------------------------------------------- clear errors
 def test_train_errors_are_messages(tiny_seg_config, tiny_det_config, tmp_path):
-    train = _load_tool('train')
+    train = load_tool('train')
     msg = _exit_message(train.main, [str(tmp_path / 'nope.py')])
     assert 'Config file not found' in msg and 'nope.py' in msg
 
@@ -77,7 +65,7 @@ def test_train_errors_are_messages(tiny_seg_config, tiny_det_config, tmp_path):
     msg = _exit_message(train.main, [tiny_seg_config, '--resume', str(tmp_path / 'x.pth')])
     assert 'checkpoint file not found' in msg
 
-    test = _load_tool('test')
+    test = load_tool('test')
     msg = _exit_message(test.main, [tiny_seg_config, str(tmp_path / 'missing.pth')])
     assert 'Checkpoint file not found' in msg
     (tmp_path / 'some.pth').touch()
@@ -95,7 +83,7 @@ def test_train_error_has_no_traceback(run_tool, tmp_path):
 
 def test_sample_data_cli(run_tool, tmp_path, capsys):
     with pytest.raises(SystemExit) as excinfo:
-        _load_tool('make_sample_data').main(['--help'])
+        load_tool('make_sample_data').main(['--help'])
     assert excinfo.value.code == 0
     usage = capsys.readouterr().out
     assert '--out' in usage and 'data/sample' in usage

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from conftest import load_tool
 from dinat_backbone.ops import na2d, select_backend
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -102,12 +103,7 @@ def test_benchmark_gpu_smoke_on_cpu():
 
 @pytest.fixture(scope='module')
 def benchmark_gpu():
-    sys.path.insert(0, str(REPO_ROOT / 'tools'))
-    try:
-        import benchmark_gpu
-    finally:
-        sys.path.remove(str(REPO_ROOT / 'tools'))
-    return benchmark_gpu
+    return load_tool('benchmark_gpu')
 
 
 def test_benchmark_gpu_uses_the_models_dilations(benchmark_gpu):

@@ -3,6 +3,8 @@
 Not needed for training (``init_cfg=dict(type='Pretrained', checkpoint=...)`` reads both published
 layouts directly); useful to inspect a checkpoint, to check it against an architecture, or to ship
 one file that any mmengine loader reads.
+
+The tool imports the installed package: from a clone, run ``pip install -e .`` first.
 """
 import argparse
 import importlib
@@ -12,6 +14,8 @@ import sys
 from typing import List, Optional
 
 import torch
+
+from dinat_backbone.cli import add_trust_checkpoint_flag
 
 DESCRIPTION = """\
 Convert a DiNAT checkpoint to this project's layout and save it as
@@ -58,10 +62,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              'mmseg 0.x model): convert it for mmdet 3.x / mmseg 1.x')
     parser.add_argument('--config', default=None,
                         help='with --task: check every key and shape against this config\'s model')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='unpickle SRC fully, which runs any code it contains; only for a '
-                             'file from a source you trust (default: torch.load('
-                             'weights_only=True) with an allow-list)')
+    add_trust_checkpoint_flag(parser, 'SRC')
     args = parser.parse_args(argv)
     if args.task and (args.arch or args.prefix or args.keep_classifier):
         parser.error('--task converts a whole model: --arch, --prefix and --keep-classifier '
@@ -82,9 +83,9 @@ def convert_task(args: argparse.Namespace) -> int:
                                                                  args.trust_checkpoint))
     report.source = args.src
     if args.config is not None:
-        sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
         from mmengine.registry import DefaultScope
-        from train import load_config  # registers the config's codebase
+
+        from dinat_backbone.runner import load_config  # registers the config's codebase
         cfg = load_config(args.config)
         registry = importlib.import_module(f'{cfg.default_scope}.registry').MODELS
         with DefaultScope.overwrite_default_scope(cfg.default_scope):
@@ -102,7 +103,6 @@ def convert_task(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Convert ``args.src`` to ``args.dst``; returns the exit status."""
     args = parse_args(argv)
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     if args.task:
         return convert_task(args)
     import dinat_backbone

@@ -40,6 +40,8 @@ Examples::
     python tools/export_onnx.py mini --checkpoint dinat_mini.in1k --out dinat_mini.onnx
     python tools/export_onnx.py configs/segmentation/upernet_dinat-t_8xb2-160k_ade20k-512x512.py \\
         --model segmentor --checkpoint work_dirs/upernet/iter_160000.pth --seg-output labels
+
+The tool imports the installed package: from a clone, run ``pip install -e .`` first.
 """
 import argparse
 import contextlib
@@ -56,10 +58,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-_REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if osp.isdir(osp.join(_REPO_ROOT, 'dinat_backbone')) and _REPO_ROOT not in sys.path:
-    sys.path.insert(1, _REPO_ROOT)  # run from a clone without `pip install -e .`
-from cli_checks import check_writable_file  # noqa: E402  (tools/ is sys.path[0])
+from dinat_backbone.cli import (add_trust_checkpoint_flag, check_writable_file,
+                                 parse_dilations)
 
 SEG_OUTPUTS = ('logits', 'labels', 'tensor')
 LABELS_MAX_MISMATCH = 1e-3  # fraction of pixels whose argmax may flip (near-ties)
@@ -101,11 +101,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--tolerance', type=float, default=1e-4,
                         help='largest accepted absolute difference (default: 1e-4)')
     parser.add_argument('--no-verify', action='store_true', help='skip the onnxruntime check')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='unpickle the checkpoint (or the config\'s init_cfg one) fully, '
-                             'which runs any code it contains; only for a file from a source '
-                             'you trust (default: torch.load(weights_only=True) with an '
-                             'allow-list)')
+    add_trust_checkpoint_flag(parser, "the checkpoint (or the config's init_cfg one)")
     args = parser.parse_args(argv)
     if args.verify_shapes is not None and len(args.verify_shapes) % 2:
         parser.error('--verify-shapes takes H W pairs')
@@ -218,9 +214,7 @@ def build_segmentor(config: str, checkpoint: Optional[str] = None,
 
     from dinat_backbone.features import Preprocessing
     from dinat_backbone.model_zoo import resolve_checkpoint
-
-    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-    from train import load_config
+    from dinat_backbone.runner import load_config
 
     cfg = load_config(config)
     if cfg.get('default_scope') != 'mmseg':
@@ -273,8 +267,6 @@ def build_model(config_or_arch: str, model: str = 'backbone', checkpoint: Option
         module, metadata = build_segmentor(config_or_arch, checkpoint, seg_output)
         names = ['labels' if seg_output == 'labels' else 'logits']
     else:
-        if isinstance(dilations, str) and dilations.lstrip().startswith('['):
-            dilations = json.loads(dilations)
         module, preprocessing = build_backbone(config_or_arch, checkpoint, out_indices,
                                                dilations=dilations, kernel_size=kernel_size)
         names = [f'level{i}' for i in module.out_indices]
@@ -378,7 +370,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with trust_checkpoints(args.trust_checkpoint):  # mmengine's loading for segmentors
             module, names, metadata = build_model(
                 args.config_or_arch, args.model, args.checkpoint, args.out_indices,
-                args.dilations, args.kernel_size, args.seg_output)
+                parse_dilations(args.dilations), args.kernel_size, args.seg_output)
     except (FileNotFoundError, ValueError, CheckpointKeyError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 1

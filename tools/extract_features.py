@@ -35,17 +35,15 @@ Examples::
         configs/segmentation/upernet_dinat-t_8xb2-160k_ade20k-512x512.py \\
         --checkpoint work_dirs/upernet/iter_160000.pth --input a.jpg b.png --out feats/ \\
         --batch-size 8 --device cuda --out-indices 2 3
+
+The tool imports the installed package: from a clone, run ``pip install -e .`` first.
 """
 import argparse
-import json
-import os.path as osp
 import sys
 from typing import List, Optional, Sequence
 
-_REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if osp.isdir(osp.join(_REPO_ROOT, 'dinat_backbone')) and _REPO_ROOT not in sys.path:
-    sys.path.insert(1, _REPO_ROOT)  # run from a clone without `pip install -e .`
-from cli_checks import check_writable_dir  # noqa: E402  (tools/ is sys.path[0])
+from dinat_backbone.cli import (add_trust_checkpoint_flag, check_writable_dir,
+                                 parse_dilations)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -70,11 +68,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--kernel-size', type=int, default=None,
                         help="arch names only (default: the checkpoint's, else 7)")
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='unpickle the checkpoint (or the config\'s init_cfg one) fully, '
-                             'which runs any code it contains; only for a file from a source '
-                             'you trust (default: torch.load(weights_only=True) with an '
-                             'allow-list)')
+    add_trust_checkpoint_flag(parser, "the checkpoint (or the config's init_cfg one)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f'--batch-size must be >= 1, got {args.batch_size}')
@@ -94,9 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dinat_backbone.checkpoint import CheckpointKeyError
     from dinat_backbone.features import FeatureExtractor, collect_images
 
-    dilations = args.dilations
-    if dilations is not None and dilations.lstrip().startswith('['):
-        dilations = json.loads(dilations)
+    dilations = parse_dilations(args.dilations)
     try:
         collect_images(args.input)  # input errors before the model is built
         extractor = FeatureExtractor.from_config(

@@ -1,15 +1,13 @@
-"""Generate the small synthetic ADE20K- and COCO-format datasets used by tests and demos."""
+"""Generate the small synthetic ADE20K- and COCO-format datasets used by tests and demos.
+
+The tool imports the installed package: from a clone, run ``pip install -e .`` first.
+"""
 import argparse
 import os
 import os.path as osp
-import sys
 from typing import Optional, Sequence
 
-try:
-    from dinat_backbone import sample_data
-except ImportError:  # running from a clone without `pip install -e .`
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    from dinat_backbone import sample_data
+from dinat_backbone import sample_data
 
 
 EPILOG = f"""\

@@ -5,7 +5,8 @@ The flags are those of mmdet's and mmseg's own ``tools/test.py``; the config's
 a URL (http(s)://, open-mmlab://, ...), loaded through mmengine with ``dinat_backbone``'s
 safe loaders (``--trust-checkpoint`` for a trusted file that needs full unpickling). Like
 ``tools/train.py``, it checks the config, checkpoint and test dataset before building the
-Runner and runs ``--launcher pytorch`` without CUDA.
+Runner and runs ``--launcher pytorch`` without CUDA (:mod:`dinat_backbone.runner`, shared with
+``tools/train.py``; from a clone, ``pip install -e .`` first).
 
 ``--out``: mmdet dumps the raw predictions to a ``.pkl`` file (for offline evaluation);
 mmseg writes the predicted label maps as PNG files into that directory.
@@ -16,19 +17,16 @@ Examples::
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
 """
 import argparse
-import os
 import os.path as osp
-import sys
 import warnings
 from copy import deepcopy
 from typing import Any, Optional, Sequence
 
 from mmengine.config import Config, ConfigDict
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # tools/ (also when imported)
-from train import (add_common_args, build_runner, check_dataset_paths,  # noqa: E402
-                   load_config, loading_checkpoints, parse_with_local_rank, set_work_dir,
-                   setup_distributed)
+from dinat_backbone.runner import (add_common_args, build_runner, check_dataset_paths,
+                                   load_config, loading_checkpoints, parse_with_local_rank,
+                                   set_work_dir, setup_distributed)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

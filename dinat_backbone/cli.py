@@ -1,13 +1,42 @@
-"""Checks of the tools' output paths, run at start-up so that a run fails before any model is
-built, not after minutes of work (or, for an export, with a misleading ``FileExistsError``).
+"""Command-line pieces the tools share: the checks of their output paths, the reading of
+``--dilations`` and the ``--trust-checkpoint`` flag.
 
-Each check raises ``ValueError`` with a one-line message naming the option, the path and the
-problem; a tool turns it into ``parser.error`` or ``SystemExit``. Nothing is created on disk.
+The path checks run at start-up so that a run fails before any model is built, not after
+minutes of work (or, for an export, with a misleading ``FileExistsError``). Each raises
+``ValueError`` with a one-line message naming the option, the path and the problem; a tool turns
+it into ``parser.error`` or ``SystemExit``. Nothing is created on disk.
 """
+import argparse
+import json
 import os
 import os.path as osp
+from typing import List, Optional, Union
 
-__all__ = ['check_writable_dir', 'check_writable_file']
+__all__ = [
+    'add_trust_checkpoint_flag', 'check_writable_dir', 'check_writable_file', 'parse_dilations'
+]
+
+
+def add_trust_checkpoint_flag(parser: argparse.ArgumentParser,
+                              what: str = 'the checkpoint') -> None:
+    """``--trust-checkpoint``: unpickle ``what`` (as the help names it) fully instead of the
+    default ``torch.load(weights_only=True)`` with an allow-list."""
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help=f'unpickle {what} fully, which runs any code it contains; only for '
+                             'a file from a source you trust (default: torch.load('
+                             'weights_only=True) with an allow-list)')
+
+
+def parse_dilations(value: Optional[str]) -> Union[str, List[List[int]], None]:
+    """A ``--dilations`` value: a JSON list of per-block lists (text starting with ``[``) is
+    decoded; a preset name (``'imagenet'``, ``'ade20k'``, ...) and None are returned as given.
+
+    Raises:
+        json.JSONDecodeError: the list is not valid JSON.
+    """
+    if value is None or not value.lstrip().startswith('['):
+        return value
+    return json.loads(value)
 
 
 def _nearest_existing(path: str) -> str:
