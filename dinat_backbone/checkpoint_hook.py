@@ -18,18 +18,20 @@ is either its old complete file or its new complete one; what can remain is a hi
 checkpoint too many.
 """
 import glob
+import io
 import os
 import os.path as osp
 import uuid
 from pathlib import Path
-from typing import Callable, List, Tuple, Union
+from typing import Any, Callable, List, Tuple, Union
 
+import torch
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, get_file_backend, register_backend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
-__all__ = ['atomic_write', 'AtomicLocalBackend', 'CrashSafeCheckpointHook']
+__all__ = ['atomic_write', 'atomic_torch_save', 'AtomicLocalBackend', 'CrashSafeCheckpointHook']
 
 ATOMIC_BACKEND = 'atomic_local'
 # Partial file of `name`: '.{name}.{8 hex digits}.part', hidden and never '*.pth'.
@@ -62,6 +64,13 @@ def atomic_write(path: str, data: bytes) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)`` through :func:`atomic_write` (for the files our tools write)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 @register_backend(ATOMIC_BACKEND, force=True)

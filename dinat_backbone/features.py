@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 
+from .checkpoint_hook import atomic_torch_save
 from .models import DiNAT
 from .safe_loading import trust_checkpoints
 
@@ -370,7 +371,7 @@ class FeatureExtractor:
                     result['source'] = path
                     target = osp.join(out_dir, name + '.pt')
                     os.makedirs(osp.dirname(target), exist_ok=True)
-                    torch.save(result, target)
+                    atomic_torch_save(result, target)
                     written.append(target)
                 bar.update(len(part))
         return written

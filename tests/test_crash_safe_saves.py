@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+import torch
 
 from conftest import REPO_ROOT, assert_ok, run_script
-from dinat_backbone.checkpoint_hook import atomic_write
+from dinat_backbone.checkpoint_hook import atomic_torch_save, atomic_write
 from dinat_backbone.safe_loading import load_checkpoint_file
 
 # Imported by the test config (custom_imports) in each training process.
@@ -238,3 +239,13 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
     atomic_write(str(target), b'new')
     assert target.read_bytes() == b'new'
 
+
+def test_atomic_torch_save_writes_a_loadable_file_or_nothing(tmp_path):
+    """What convert_checkpoint.py and extract_features.py write goes through it."""
+    target = tmp_path / 'converted.pth'
+    atomic_torch_save({'state_dict': {'w': torch.arange(3.)}}, str(target))
+    assert torch.equal(load_checkpoint_file(str(target))['state_dict']['w'], torch.arange(3.))
+    with pytest.raises(Exception):
+        atomic_torch_save({'bad': lambda: None}, str(target))  # cannot be pickled
+    assert torch.equal(load_checkpoint_file(str(target))['state_dict']['w'], torch.arange(3.))
+    assert [p.name for p in tmp_path.iterdir()] == ['converted.pth']

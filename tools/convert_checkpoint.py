@@ -13,8 +13,7 @@ import os.path as osp
 import sys
 from typing import List, Optional
 
-import torch
-
+from dinat_backbone.checkpoint_hook import atomic_torch_save
 from dinat_backbone.cli import add_trust_checkpoint_flag
 
 DESCRIPTION = """\
@@ -95,7 +94,7 @@ def convert_task(args: argparse.Namespace) -> int:
         meta['converted_from']['by'] = (f'dinat_backbone {dinat_backbone.__version__} '
                                         'tools/convert_checkpoint.py --task')
     os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
-    torch.save({'state_dict': state_dict, 'meta': meta}, args.dst)
+    atomic_torch_save({'state_dict': state_dict, 'meta': meta}, args.dst)
     print(f'{report.summary()}\n-> {args.dst}: {len(state_dict)} tensors')
     return 0
 
@@ -133,7 +132,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     state_dict = {args.prefix + k: v.contiguous() for k, v in state_dict.items()}
     os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
-    torch.save({'state_dict': state_dict, 'meta': meta}, args.dst)
+    atomic_torch_save({'state_dict': state_dict, 'meta': meta}, args.dst)
     dropped = len(meta['dropped'])
     print(f'{args.src} ({report.layout} layout, {meta["variant"] or "unlisted variant"}, '
           f'kernel {arch["kernel_size"]}) -> {args.dst}: {len(state_dict)} tensors, '
