@@ -171,6 +171,7 @@ KILL_SEQUENCE = [
 ]
 
 
+@pytest.mark.slow
 def test_kill_at_each_point_of_a_save_then_resume(make_config, support_dir, tmp_path):
     config, work_dir = make_config('CrashSafeCheckpointHook'), tmp_path / 'work'
     resume_from = None
@@ -206,6 +207,7 @@ CONTROL_KILLS = [
 ]
 
 
+@pytest.mark.slow
 def test_control_mmengine_hook_loses_checkpoints(make_config, support_dir, tmp_path):
     """The same kills with mmengine's own CheckpointHook: what the hook above prevents."""
     config = make_config('CheckpointHook')

@@ -3,7 +3,11 @@ tools/train.py (the session's `trained_sample`), evaluated, and re-evaluated by 
 import json
 import re
 
+import pytest
+
 from conftest import SAMPLE_TRAIN_ITERS, assert_ok
+
+pytestmark = pytest.mark.slow  # the session-trained demo model
 
 
 def test_sample_training_beats_chance(trained_sample):

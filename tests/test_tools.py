@@ -134,6 +134,7 @@ def killed_seg_run(tiny_seg_config, tmp_path_factory):
     return result, work_dir
 
 
+@pytest.mark.slow
 def test_train_resume_auto_after_kill(killed_seg_run, tiny_seg_config, run_tool):
     killed, work_dir = killed_seg_run
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
@@ -155,6 +156,7 @@ def test_train_resume_auto_after_kill(killed_seg_run, tiny_seg_config, run_tool)
     assert re.search(rf'logs:\s+{re.escape(str(work_dir))}/\d{{8}}_\d{{6}}', result.stdout)
 
 
+@pytest.mark.slow
 def test_train_resume_from_path(killed_seg_run, tiny_seg_config, run_tool, tmp_path):
     _, killed_dir = killed_seg_run
     work_dir = tmp_path / 'from_path'
@@ -181,6 +183,7 @@ def test_test_mmseg(killed_seg_run, tiny_seg_config, run_tool, tmp_path):
     assert 'Testing finished' in result.stdout and str(out) in result.stdout
 
 
+@pytest.mark.slow
 def test_dist_train_two_cpu_processes(sample_data_root, tmp_path, run_tool):
     # SyncBN in the config: the CPU path of train.py must turn it into BN.
     config = write_config(tmp_path / 'tiny_syncbn.py', TINY_SEG_CONFIG,
@@ -212,6 +215,7 @@ def det_run(tiny_det_config, tmp_path_factory):
     return run_script('train.py', [tiny_det_config, '--work-dir', str(work_dir)]), work_dir
 
 
+@pytest.mark.slow
 def test_train_mmdet(det_run):
     result, work_dir = det_run
     assert_ok(result)
