@@ -18,7 +18,7 @@ mismatch raises, naming the keys and, for a different architecture, both variant
 import os.path as osp
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -104,10 +104,48 @@ def _natural(key: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', key)]
 
 
-def _list_keys(keys: Iterable[str]) -> str:
+def _list_keys(keys: Iterable[str], separator: str = ', ') -> str:
     keys = sorted(keys, key=_natural)
-    shown = ', '.join(keys[:_MAX_LISTED])
+    shown = separator.join(keys[:_MAX_LISTED])
     return shown + (f' ... (+{len(keys) - _MAX_LISTED} more)' if len(keys) > _MAX_LISTED else '')
+
+
+@dataclass
+class KeyDiff:
+    """How a state dict differs from a model's, key by key and shape by shape: the one strict
+    comparison behind backbone (:func:`adapt_state_dict`) and task-checkpoint loading."""
+    missing: List[str]     # in the model, not in the checkpoint (and not allowed to be)
+    allowed_missing: List[str]  # in the model, not in the checkpoint, allowed to be
+    unexpected: List[str]  # in the checkpoint, not in the model
+    mismatched: List[str]  # 'key: (checkpoint shape) vs (model shape)'
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def details(self) -> str:
+        """The differences, for an error message (each list shortened to 20 keys)."""
+        parts = []
+        if self.mismatched:
+            parts.append('shape mismatch (checkpoint vs model): ' +
+                         _list_keys(self.mismatched, separator='; '))
+        if self.missing:
+            parts.append(f'missing from the checkpoint: {_list_keys(self.missing)}')
+        if self.unexpected:
+            parts.append(f'unexpected in the checkpoint: {_list_keys(self.unexpected)}')
+        return '; '.join(parts)
+
+
+def diff_state_dict(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                    may_be_missing: Callable[[str], bool] = lambda key: False) -> KeyDiff:
+    """Compare ``state_dict`` with the model's ``target`` state dict; ``may_be_missing`` names
+    the model keys a checkpoint may lack."""
+    absent = [k for k in target if k not in state_dict]
+    return KeyDiff(
+        missing=[k for k in absent if not may_be_missing(k)],
+        allowed_missing=[k for k in absent if may_be_missing(k)],
+        unexpected=[k for k in state_dict if k not in target],
+        mismatched=[f'{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}'
+                    for k, v in state_dict.items() if k in target and v.shape != target[k].shape])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,40 +483,23 @@ def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
                 report.interpolated_rpb.append(key)
                 report.rpb_resize = ((value.shape[-1] + 1) // 2, (want[-1] + 1) // 2)
 
-    missing = [k for k in target if k not in state_dict]
-    allowed = [k for k in missing if _OUTPUT_NORM.match(k)]
-    missing = [k for k in missing if k not in allowed]
-    unexpected = [k for k in state_dict if k not in target]
-    mismatched = [k for k in state_dict if k in target and state_dict[k].shape != target[k].shape]
-
-    if missing or unexpected or mismatched:
-        details = []
-        if mismatched:
-            details.append('shape mismatch (checkpoint vs model): ' + '; '.join(
-                f'{k}: {tuple(state_dict[k].shape)} vs {tuple(target[k].shape)}'
-                for k in sorted(mismatched, key=_natural)[:_MAX_LISTED]) +
-                (f' ... (+{len(mismatched) - _MAX_LISTED} more)'
-                 if len(mismatched) > _MAX_LISTED else ''))
-        if missing:
-            details.append(f'missing from the checkpoint: {_list_keys(missing)}')
-        if unexpected:
-            details.append(f'unexpected in the checkpoint: {_list_keys(unexpected)}')
+    diff = diff_state_dict(state_dict, target, may_be_missing=_OUTPUT_NORM.match)
+    if diff:
         source = f' {report.source}' if report.source else ''
         zoo = getattr(type(model), 'arch_zoo', {}) or {}
         model_arch = getattr(model, 'arch_settings', None) or infer_arch(target)
         ckpt_arch = infer_arch(state_dict)
         variant = _variant_mismatch(ckpt_arch, model_arch, zoo)
         if variant:
-            raise ValueError(f'Checkpoint{source} does not fit the model: {variant}. ' +
-                             '; '.join(details) + '.')
-        if mismatched:
-            raise ValueError(f'Checkpoint{source} does not fit the model: ' +
-                             '; '.join(details) + '.')
+            raise ValueError(f'Checkpoint{source} does not fit the model: {variant}. '
+                             f'{diff.details()}.')
+        if diff.mismatched:
+            raise ValueError(f'Checkpoint{source} does not fit the model: {diff.details()}.')
         raise CheckpointKeyError(f'Checkpoint{source} does not fit the model ({report.layout} '
-                                 'layout): ' + '; '.join(details) + '.')
+                                 f'layout): {diff.details()}.')
 
     report.loaded = list(state_dict)
-    report.missing_output_norms = allowed
+    report.missing_output_norms = diff.allowed_missing
     return state_dict, report
 
 

@@ -100,7 +100,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
-from .checkpoint import CheckpointKeyError, _list_keys, infer_arch, variant_name
+from .checkpoint import (CheckpointKeyError, _list_keys, diff_state_dict, infer_arch,
+                         variant_name)
 
 __all__ = [
     'TASK_LAYOUTS', 'OLD_LAYOUTS', 'TaskCheckpointReport', 'detect_task_layout',
@@ -305,24 +306,15 @@ def check_task_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Modu
     renamed = {_MODULE_PREFIX.sub('', k): v for k, v in state_dict.items()}
     report.checked = True
     report.num_tensors = len(renamed)
-    report.missing = [k for k in target
-                      if k not in renamed and not k.endswith('.num_batches_tracked')]
-    report.unexpected = [k for k in renamed if k not in target]
-    report.mismatched = [f'{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}'
-                         for k, v in renamed.items()
-                         if k in target and v.shape != target[k].shape]
-    if not (report.missing or report.unexpected or report.mismatched):
+    diff = diff_state_dict(renamed, target,
+                           may_be_missing=lambda key: key.endswith('.num_batches_tracked'))
+    report.missing, report.unexpected, report.mismatched = (
+        diff.missing, diff.unexpected, diff.mismatched)
+    if not diff:
         return report
-    details = []
-    if report.mismatched:
-        details.append('shape (checkpoint vs model) differs for ' + '; '.join(report.mismatched))
-    if report.missing:
-        details.append(f'missing from the checkpoint: {_list_keys(report.missing)}')
-    if report.unexpected:
-        details.append(f'unexpected in the checkpoint: {_list_keys(report.unexpected)}')
     source = f' {report.source}' if report.source else ''
     message = (f'Checkpoint{source} ({report.layout or "state dict"} layout) does not fit the '
-               f'model: ' + '; '.join(details) + '.' + _backbone_hint(renamed, target))
+               f'model: {diff.details()}.' + _backbone_hint(renamed, target))
     if not strict:
         print_log(message, logger='current', level=logging.WARNING)
         return report

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from conftest import load_tool
 from dinat_backbone.checkpoint import (CheckpointKeyError, adapt_state_dict, check_variant,
                                        convert_huggingface, convert_to_backbone,
-                                       convert_to_reference, detect_layout, infer_arch,
-                                       load_pretrained, read_checkpoint, unwrap_checkpoint)
+                                       convert_to_reference, detect_layout, diff_state_dict,
+                                       infer_arch, load_pretrained, read_checkpoint,
+                                       unwrap_checkpoint)
 from dinat_backbone.classification import read_eval_image
 from dinat_backbone.model_zoo import (IMAGENET_CHECKPOINTS, TASK_CHECKPOINTS, get_checkpoint_url,
                                       get_hf_url, get_pretrained, list_checkpoints,
@@ -699,3 +700,18 @@ def test_classify_tool_names_imagenet_classes_by_default(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()[-3:]
     assert lines[0].startswith('1. tabby, tabby cat (index 281)')
     assert {line.split(' (index')[0][3:] for line in lines[1:]} == {'tiger cat', 'Egyptian cat'}
+
+
+def test_diff_state_dict_names_every_difference():
+    """The one strict comparison behind backbone and task-checkpoint loading."""
+    target = {'a.weight': torch.zeros(4, 13, 13), 'norm0.weight': torch.zeros(2),
+              'b.bias': torch.zeros(3), 'c': torch.zeros(1)}
+    state_dict = {'a.weight': torch.zeros(4, 11, 11), 'b.bias': torch.zeros(3),
+                  'extra': torch.zeros(1)}
+    diff = diff_state_dict(state_dict, target, may_be_missing=lambda k: k.startswith('norm'))
+    assert diff and (diff.missing, diff.allowed_missing, diff.unexpected) == (
+        ['c'], ['norm0.weight'], ['extra'])
+    assert diff.details() == ('shape mismatch (checkpoint vs model): a.weight: (4, 11, 11) vs '
+                              '(4, 13, 13); missing from the checkpoint: c; unexpected in the '
+                              'checkpoint: extra')
+    assert not diff_state_dict({'c': torch.zeros(1)}, {'c': torch.ones(1)})
