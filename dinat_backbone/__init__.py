@@ -6,7 +6,7 @@ The package is layered so that each part needs only what it uses:
 - ``dinat_backbone.models`` (``DiNAT``, the classifier) needs torch, mmengine and mmcv;
 - ``import dinat_backbone`` in an OpenMMLab environment also registers ``DiNAT`` with mmdet's
   and mmseg's model registries (whichever are installed), our hooks, and mmengine's checkpoint
-  loaders (:mod:`dinat_backbone.compat`). Configs load it with
+  loaders (:mod:`dinat_backbone.weights.mmengine_loaders`). Configs load it with
   ``custom_imports = dict(imports=['dinat_backbone'], allow_failed_imports=False)``.
 
 Without mmengine/mmcv the root import still succeeds (so ``dinat_backbone.ops`` can be used on
@@ -33,9 +33,9 @@ except ImportError as err:
     _OPENMMLAB_MISSING = err
 else:
     _OPENMMLAB_MISSING = None
-    from . import compat  # noqa: F401  (registers mmengine checkpoint loaders)
-    from . import task_checkpoint  # noqa: F401  (registers TaskCheckpointHook)
-    from . import checkpoint_hook  # noqa: F401  (registers CrashSafeCheckpointHook)
+    from .engine import checkpoint_hook  # noqa: F401  (registers CrashSafeCheckpointHook)
+    from .weights import mmengine_loaders  # noqa: F401  (routes mmengine's loaders)
+    from .weights import task  # noqa: F401  (registers TaskCheckpointHook)
     from .models import DiNAT, dilation_preset
     from .registry import register_all
 

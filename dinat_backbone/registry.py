@@ -1,7 +1,7 @@
 """Register the models with mmdet's and mmseg's registries (whichever are installed).
 
 ``dict(type='DiNAT')`` then builds inside both toolboxes' configs, without a scope prefix;
-mmseg also gets :class:`~dinat_backbone.metrics.PresentClassIoUMetric`.
+mmseg also gets :class:`~dinat_backbone.engine.metrics.PresentClassIoUMetric`.
 """
 import importlib
 from typing import List
@@ -26,7 +26,7 @@ def register_all() -> List[str]:
         for model in REGISTERED_MODELS:
             registry.MODELS.register_module(module=model, force=True)
         if scope == 'mmseg':
-            from .metrics import PresentClassIoUMetric
+            from .engine.metrics import PresentClassIoUMetric
             registry.METRICS.register_module(module=PresentClassIoUMetric, force=True)
         scopes.append(scope)
     return scopes

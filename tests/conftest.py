@@ -17,7 +17,7 @@ TOOLS = REPO_ROOT / 'tools'
 @pytest.fixture(scope='session')
 def sample_data_root(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
     """The sample datasets, generated once per session; the dict of ``ensure_sample_data``."""
-    from dinat_backbone.sample_data import ensure_sample_data
+    from dinat_backbone.datasets.sample_data import ensure_sample_data
     return ensure_sample_data(str(tmp_path_factory.mktemp('sample_data')))
 
 

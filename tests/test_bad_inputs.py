@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, load_tool, run_script
-from dinat_backbone.checkpoint import load_pretrained
-from dinat_backbone.features import FeatureExtractor, build_backbone, read_image
+from dinat_backbone.weights import load_pretrained
+from dinat_backbone.apis.features import FeatureExtractor, build_backbone, read_image
 from dinat_backbone.models import DiNAT, NeighborhoodAttention2D
 from dinat_backbone.ops import na2d
 

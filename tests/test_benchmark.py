@@ -12,10 +12,10 @@ import torch.nn as nn
 
 from conftest import REPO_ROOT, assert_ok, run_script
 from dinat_backbone import DiNAT
-from dinat_backbone.benchmark_utils import CleanProcessMemory
-from dinat_backbone.flops import counted_na2d, flop_analyzer, na2d_flops
+from dinat_backbone.analysis.benchmark_utils import CleanProcessMemory
+from dinat_backbone.analysis.flops import counted_na2d, flop_analyzer, na2d_flops
 from dinat_backbone.models import DiNATBlock, NeighborhoodAttention2D, dilation_preset
-from dinat_backbone.models import attention as attention_module
+from dinat_backbone.ops import na2d
 
 
 def _load_benchmark() -> ModuleType:
@@ -109,13 +109,17 @@ def test_counted_op_changes_nothing_but_the_trace():
     model = DiNAT(dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4],
                        mlp_ratio=2.), dilations=[[2], [1], [1], [1]]).eval()
     x = torch.randn(1, 3, 64, 64)
-    original = attention_module.na2d
+    other = DiNAT(dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4],
+                       mlp_ratio=2.), dilations=[[2], [1], [1], [1]])
+    layers = [m for m in model.modules() if isinstance(m, NeighborhoodAttention2D)]
     with torch.no_grad():
         expected = model(x)
-        with counted_na2d():
-            assert attention_module.na2d is not original
+        with counted_na2d(model):
+            assert all(layer.attention_op is not na2d for layer in layers)
+            assert all(m.attention_op is na2d for m in other.modules()
+                       if isinstance(m, NeighborhoodAttention2D))
             counted = model(x)
-    assert attention_module.na2d is original
+    assert all(layer.attention_op is na2d for layer in layers)
     for a, b in zip(expected, counted):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

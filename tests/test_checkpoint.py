@@ -18,15 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from conftest import load_tool
-from dinat_backbone.checkpoint import (CheckpointKeyError, adapt_state_dict, check_variant,
-                                       convert_huggingface, convert_to_backbone,
-                                       convert_to_reference, detect_layout, diff_state_dict,
-                                       infer_arch, load_pretrained, read_checkpoint,
-                                       unwrap_checkpoint)
-from dinat_backbone.classification import read_eval_image
-from dinat_backbone.model_zoo import (IMAGENET_CHECKPOINTS, TASK_CHECKPOINTS, get_checkpoint_url,
-                                      get_hf_url, get_pretrained, list_checkpoints,
-                                      resolve_checkpoint)
+from dinat_backbone.weights import (CheckpointKeyError, adapt_state_dict, check_variant,
+                                    convert_huggingface, convert_to_backbone, convert_to_reference,
+                                    detect_layout, diff_state_dict, infer_arch, load_pretrained,
+                                    read_checkpoint, unwrap_checkpoint)
+from dinat_backbone.apis.classification import read_eval_image
+from dinat_backbone.weights.zoo import (IMAGENET_CHECKPOINTS, TASK_CHECKPOINTS, get_checkpoint_url,
+                                        get_hf_url, get_pretrained, list_checkpoints,
+                                        resolve_checkpoint)
 from dinat_backbone.models import DiNAT
 from dinat_backbone.models.classifier import DiNATClassifier
 

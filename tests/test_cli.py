@@ -1,6 +1,6 @@
-"""``dinat_backbone.cli``: the ``--dilations`` reading, ``--trust-checkpoint`` and the output path
-checks the tools run at start-up; ``zoo_arch_name`` and ``default_dilations``, with which the
-tools resolve a model."""
+"""``dinat_backbone.engine.cli``: the ``--dilations`` reading, ``--trust-checkpoint`` and the
+output path checks the tools run at start-up; ``zoo_arch_name`` and ``default_dilations``, with
+which the tools resolve a model."""
 import argparse
 import dataclasses
 import json
@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from dinat_backbone.checkpoint import variant_name, zoo_arch_name
-from dinat_backbone.cli import (add_trust_checkpoint_flag, check_writable_dir,
-                                check_writable_file, parse_dilations)
-from dinat_backbone.model_zoo import IMAGENET_CHECKPOINTS, default_dilations
+from dinat_backbone.weights import variant_name, zoo_arch_name
+from dinat_backbone.engine.cli import (add_trust_checkpoint_flag, check_writable_dir,
+                                       check_writable_file, parse_dilations)
+from dinat_backbone.weights.zoo import IMAGENET_CHECKPOINTS, default_dilations
 from dinat_backbone.models import DiNAT
 
 

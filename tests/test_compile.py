@@ -171,7 +171,7 @@ def test_flop_analysis_needs_the_gather_form():
 
 def test_upstream_get_flops_counts_the_sample_upernet():
     """mmseg's tools/analysis_tools/get_flops.py, step by step (with ``inputs`` only: upstream
-    also passes ``input_shape``, which mmengine rejects), against dinat_backbone.flops."""
+    also passes ``input_shape``, which mmengine rejects), against dinat_backbone.analysis.flops."""
     import dinat_backbone  # noqa: F401  (registers DiNAT)
     from mmengine.analysis import get_model_complexity_info
     from mmengine.config import Config
@@ -179,7 +179,7 @@ def test_upstream_get_flops_counts_the_sample_upernet():
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
-    from dinat_backbone.flops import flop_analyzer
+    from dinat_backbone.analysis.flops import flop_analyzer
 
     cfg = Config.fromfile(REPO_ROOT / 'configs' / 'segmentation' / 'sample'
                           / 'upernet_dinat_sample_ade20k.py')

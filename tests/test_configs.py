@@ -125,7 +125,8 @@ def test_config_loads(name):
     assert cfg.custom_imports == dict(imports=['dinat_backbone'], allow_failed_imports=False)
     assert cfg.default_scope in ('mmseg', 'mmdet')
     assert cfg.model.backbone.type == 'DiNAT'
-    # saves that survive a kill (dinat_backbone/checkpoint_hook.py; tests/test_crash_safe_saves.py)
+    # saves that survive a kill (dinat_backbone/engine/checkpoint_hook.py,
+    # tests/test_crash_safe_saves.py)
     assert cfg.default_hooks.checkpoint.type == 'CrashSafeCheckpointHook'
     # The backbone arguments are real DiNAT arguments (no swallowed leftovers of a base).
     unknown = set(cfg.model.backbone) - set(inspect.signature(DiNAT).parameters) - {'type'}
@@ -267,7 +268,7 @@ def test_sample_configs_read_only_the_sample(name):
         for evaluator in (cfg.val_evaluator, cfg.test_evaluator):
             assert evaluator.ann_file == root + 'annotations/instances_val2017.json'
             assert evaluator.metric == ['bbox', 'segm']
-        from dinat_backbone.sample_data import COCO_SAMPLE_CLASSES
+        from dinat_backbone.datasets.sample_data import COCO_SAMPLE_CLASSES
         for loader in _dataloaders(cfg):
             assert tuple(loader.dataset.metainfo.classes) == COCO_SAMPLE_CLASSES
     assert cfg.model.backbone.init_cfg is None  # no download for a demo

@@ -27,8 +27,8 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, assert_ok, run_script
-from dinat_backbone.checkpoint_hook import atomic_torch_save, atomic_write
-from dinat_backbone.safe_loading import load_checkpoint_file
+from dinat_backbone.engine.checkpoint_hook import atomic_torch_save, atomic_write
+from dinat_backbone.weights.safe_loading import load_checkpoint_file
 
 # Imported by the test config (custom_imports) in each training process.
 SUPPORT_MODULE = '''\

@@ -1,6 +1,6 @@
-"""Feature extraction (``dinat_backbone.features``, ``tools/extract_features.py``): the files it
-writes, values equal to running the backbone directly, batching by image size, the checkpoint
-kinds it reads, and its errors."""
+"""Feature extraction (``dinat_backbone.apis.features``, ``tools/extract_features.py``): the
+files it writes, values equal to running the backbone directly, batching by image size, the
+checkpoint kinds it reads, and its errors."""
 import math
 from pathlib import Path
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import load_tool
-from dinat_backbone.features import FeatureExtractor, Preprocessing, build_backbone
+from dinat_backbone.apis.features import FeatureExtractor, Preprocessing, build_backbone
 from dinat_backbone.models import DiNAT
 
 main = load_tool('extract_features').main

@@ -7,7 +7,7 @@ from mmengine.structures import PixelData
 from mmseg.evaluation import IoUMetric
 from mmseg.structures import SegDataSample
 
-from dinat_backbone.metrics import PresentClassIoUMetric
+from dinat_backbone.engine.metrics import PresentClassIoUMetric
 
 CLASSES = tuple(f'class{i}' for i in range(10))
 

@@ -1,4 +1,4 @@
-"""``dinat_backbone.runner``, the Runner set-up of tools/train.py and tools/test.py, called
+"""``dinat_backbone.engine.runner``, the Runner set-up of tools/train.py and tools/test.py, called
 directly: config loading, work_dir, the dataset checks and ``--launcher pytorch`` on CPU (the
 tools' command lines are tested in test_tools.py)."""
 import os
@@ -9,8 +9,8 @@ import torch.distributed as dist
 from mmengine.config import Config
 
 from conftest import free_port
-from dinat_backbone.runner import (check_dataset_paths, load_config, set_work_dir,
-                                   setup_distributed)
+from dinat_backbone.engine.runner import (check_dataset_paths, load_config, set_work_dir,
+                                          setup_distributed)
 
 
 def _exit_message(function, *args) -> str:

@@ -18,11 +18,11 @@ Per input size (``--sizes HxW:preset``; default 512x512:ade20k for segmentation 
     (``VmHWM``) in a worker process, forked before any work from this one, that builds the
     model and runs twice (warm-up, measured run); measured in this process, after other runs
     had grown its heap, the same run showed up to twice the memory (see
-    ``dinat_backbone/benchmark_utils.py``);
+    ``dinat_backbone/analysis/benchmark_utils.py``);
   - parameters, and FLOPs per image with mmengine's FlopAnalyzer (one multiply-add = 1 FLOP),
     with DiNAT's attention counted as ``2 * B * heads * H * W * k*k * D``, the count Swin's
     window attention gets from the same analysis (``attn GFLOPs`` shows that part alone;
-    see ``dinat_backbone/flops.py``).
+    see ``dinat_backbone/analysis/flops.py``).
 Times are medians of ``--repeats`` rounds after a warm-up; within a round the models run in
 turn, so a change of load on a shared machine affects them alike. The ratio columns divide by
 Swin-T's numbers of the same size and batch, measured in the same process.
@@ -60,9 +60,9 @@ import torch.nn as nn
 from mmengine.analysis import parameter_count
 
 from dinat_backbone import DiNAT
-from dinat_backbone.benchmark_utils import (CleanProcessMemory, run_peak_memory_mib,
-                                            time_interleaved)
-from dinat_backbone.flops import flop_analyzer
+from dinat_backbone.analysis.benchmark_utils import (CleanProcessMemory, run_peak_memory_mib,
+                                                     time_interleaved)
+from dinat_backbone.analysis.flops import flop_analyzer
 from dinat_backbone.models import DILATION_PRESETS, dilation_preset
 
 MODEL_NAMES = ('dinat-mini', 'dinat-tiny', 'swin-t', 'resnet-50')

@@ -40,7 +40,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from dinat_backbone.benchmark_utils import measure, window_attention
+from dinat_backbone.analysis.benchmark_utils import measure, window_attention
 from dinat_backbone.ops import na2d, na2d_gather
 
 KERNEL = 7

@@ -22,7 +22,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from dinat_backbone.benchmark_utils import measure, window_attention
+from dinat_backbone.analysis.benchmark_utils import measure, window_attention
 from dinat_backbone.ops import na2d, select_backend
 
 # DiNAT-Tiny at 512x512: (map size, channels, heads, ADE20K dilations used at that level)

@@ -7,10 +7,11 @@ Example:
 The architecture and kernel size are read from the checkpoint (``--arch`` checks them).
 Class names: ``--labels`` (one name per line, or a JSON ``id2label`` / Hugging Face
 ``config.json``), else the ``config.json`` of a Hugging Face snapshot next to the weights, else,
-for a 1000-class head, the ImageNet-1k names shipped in ``dinat_backbone/imagenet1k_labels.txt``
-(WordNet lemmas in the standard class order, e.g. index 281 is "tabby, tabby cat").
+for a 1000-class head, the ImageNet-1k names shipped in
+``dinat_backbone/apis/imagenet1k_labels.txt`` (WordNet lemmas in the standard class order, e.g.
+index 281 is "tabby, tabby cat").
 
-The model, transform and names come from :mod:`dinat_backbone.classification`; the tool imports
+The model, transform and names come from :mod:`dinat_backbone.apis.classification`; the tool imports
 the installed package (from a clone, ``pip install -e .`` first).
 """
 import argparse
@@ -20,9 +21,9 @@ from typing import List, Optional
 
 import torch
 
-from dinat_backbone.classification import (IMAGENET1K_LABELS, build_classifier, labels_beside,
-                                           read_eval_image, read_labels)
-from dinat_backbone.cli import add_trust_checkpoint_flag, parse_dilations
+from dinat_backbone.apis.classification import (IMAGENET1K_LABELS, build_classifier, labels_beside,
+                                                read_eval_image, read_labels)
+from dinat_backbone.engine.cli import add_trust_checkpoint_flag, parse_dilations
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -13,8 +13,8 @@ import os.path as osp
 import sys
 from typing import List, Optional
 
-from dinat_backbone.checkpoint_hook import atomic_torch_save
-from dinat_backbone.cli import add_trust_checkpoint_flag
+from dinat_backbone.engine.checkpoint_hook import atomic_torch_save
+from dinat_backbone.engine.cli import add_trust_checkpoint_flag
 
 DESCRIPTION = """\
 Convert a DiNAT checkpoint to this project's layout and save it as
@@ -36,7 +36,7 @@ strips the prefix again, so both forms also work as init_cfg checkpoints.
 --task converts a whole COCO/ADE20K model instead, e.g. a published mmdet 2.x / mmseg 0.x file
 (SRC may be its model-zoo name, such as mask-rcnn_dinat-t_fpn_ms-crop-3x_coco), for
 mmdet 3.x / mmseg 1.x: no key changes between those versions, meta becomes dataset_meta, the
-mmcv 1.x optimizer state is dropped (see dinat_backbone/task_checkpoint.py). With --config, every
+mmcv 1.x optimizer state is dropped (see dinat_backbone/weights/task.py). With --config, every
 key and shape is checked against that config's model. Loading such a file with load_from or
 tools/test.py does the same conversion by itself; this is for shipping or inspecting one.
 """
@@ -74,9 +74,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def convert_task(args: argparse.Namespace) -> int:
     """``--task``: convert a whole-model checkpoint (and check it against ``--config``)."""
     import dinat_backbone
-    from dinat_backbone.checkpoint import read_checkpoint
-    from dinat_backbone.task_checkpoint import (OLD_LAYOUTS, check_task_state_dict,
-                                                convert_task_checkpoint)
+    from dinat_backbone.weights import read_checkpoint
+    from dinat_backbone.weights.task import (OLD_LAYOUTS, check_task_state_dict,
+                                             convert_task_checkpoint)
 
     state_dict, report = convert_task_checkpoint(read_checkpoint(args.src,
                                                                  args.trust_checkpoint))
@@ -84,7 +84,7 @@ def convert_task(args: argparse.Namespace) -> int:
     if args.config is not None:
         from mmengine.registry import DefaultScope
 
-        from dinat_backbone.runner import load_config  # registers the config's codebase
+        from dinat_backbone.engine.runner import load_config  # registers the config's codebase
         cfg = load_config(args.config)
         registry = importlib.import_module(f'{cfg.default_scope}.registry').MODELS
         with DefaultScope.overwrite_default_scope(cfg.default_scope):
@@ -105,9 +105,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.task:
         return convert_task(args)
     import dinat_backbone
-    from dinat_backbone.checkpoint import (check_variant, convert_to_backbone,
-                                           convert_to_reference, infer_arch, read_checkpoint,
-                                           variant_name)
+    from dinat_backbone.weights import (check_variant, convert_to_backbone, convert_to_reference,
+                                        infer_arch, read_checkpoint, variant_name)
     from dinat_backbone.models import DiNAT
 
     checkpoint = read_checkpoint(args.src, args.trust_checkpoint)

@@ -58,8 +58,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dinat_backbone.cli import (add_trust_checkpoint_flag, check_writable_file,
-                                 parse_dilations)
+from dinat_backbone.engine.cli import (add_trust_checkpoint_flag, check_writable_file,
+                                       parse_dilations)
 
 SEG_OUTPUTS = ('logits', 'labels', 'tensor')
 LABELS_MAX_MISMATCH = 1e-3  # fraction of pixels whose argmax may flip (near-ties)
@@ -212,9 +212,9 @@ def build_segmentor(config: str, checkpoint: Optional[str] = None,
     from mmengine.registry import init_default_scope
     from mmengine.runner import load_checkpoint
 
-    from dinat_backbone.features import Preprocessing
-    from dinat_backbone.model_zoo import resolve_checkpoint
-    from dinat_backbone.runner import load_config
+    from dinat_backbone.apis.features import Preprocessing
+    from dinat_backbone.weights.zoo import resolve_checkpoint
+    from dinat_backbone.engine.runner import load_config
 
     cfg = load_config(config)
     if cfg.get('default_scope') != 'mmseg':
@@ -242,7 +242,8 @@ def build_segmentor(config: str, checkpoint: Optional[str] = None,
 
 
 def _preprocessing_metadata(preprocessing: Any) -> Dict[str, str]:
-    """How to make the ``image`` input, from a :class:`~dinat_backbone.features.Preprocessing`."""
+    """How to make the ``image`` input, from a
+    :class:`~dinat_backbone.apis.features.Preprocessing`."""
     return dict(mean=json.dumps(list(preprocessing.mean)), std=json.dumps(list(preprocessing.std)),
                 bgr_to_rgb=json.dumps(preprocessing.bgr_to_rgb),
                 input='image: [N, 3, H, W] float32 = (pixels - mean) / std, pixels 0-255 in BGR '
@@ -255,7 +256,7 @@ def build_model(config_or_arch: str, model: str = 'backbone', checkpoint: Option
                 ) -> Tuple[nn.Module, List[str], Dict[str, str]]:
     """The module to export, its output names and the ONNX metadata to record."""
     import dinat_backbone
-    from dinat_backbone.features import build_backbone
+    from dinat_backbone.apis.features import build_backbone
 
     if model == 'segmentor':
         if not config_or_arch.endswith('.py'):
@@ -351,7 +352,7 @@ def verify_onnx(module: nn.Module, path: str, shapes: Sequence[Tuple[int, int]],
             theirs = theirs.numpy()
             if ours.shape != theirs.shape:
                 raise RuntimeError(f'At {height}x{width}: onnxruntime output shape '
-                                     f'{ours.shape} differs from PyTorch {theirs.shape}.')
+                                   f'{ours.shape} differs from PyTorch {theirs.shape}.')
             if np.issubdtype(theirs.dtype, np.floating):
                 result['max_abs_diff'] = max(result['max_abs_diff'],
                                              float(np.abs(ours - theirs).max()))
@@ -364,8 +365,8 @@ def verify_onnx(module: nn.Module, path: str, shapes: Sequence[Tuple[int, int]],
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Export, verify and report; returns the exit status."""
     args = parse_args(argv)
-    from dinat_backbone.checkpoint import CheckpointKeyError
-    from dinat_backbone.safe_loading import trust_checkpoints
+    from dinat_backbone.weights import CheckpointKeyError
+    from dinat_backbone.weights.safe_loading import trust_checkpoints
     try:
         with trust_checkpoints(args.trust_checkpoint):  # mmengine's loading for segmentors
             module, names, metadata = build_model(

@@ -42,8 +42,7 @@ import argparse
 import sys
 from typing import List, Optional, Sequence
 
-from dinat_backbone.cli import (add_trust_checkpoint_flag, check_writable_dir,
-                                 parse_dilations)
+from dinat_backbone.engine.cli import add_trust_checkpoint_flag, check_writable_dir, parse_dilations
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -85,8 +84,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Extract the features; returns the exit status."""
     args = parse_args(argv)
-    from dinat_backbone.checkpoint import CheckpointKeyError
-    from dinat_backbone.features import FeatureExtractor, collect_images
+    from dinat_backbone.weights import CheckpointKeyError
+    from dinat_backbone.apis.features import FeatureExtractor, collect_images
 
     dilations = parse_dilations(args.dilations)
     try:

@@ -5,8 +5,8 @@ The flags are those of mmdet's and mmseg's own ``tools/test.py``; the config's
 a URL (http(s)://, open-mmlab://, ...), loaded through mmengine with ``dinat_backbone``'s
 safe loaders (``--trust-checkpoint`` for a trusted file that needs full unpickling). Like
 ``tools/train.py``, it checks the config, checkpoint and test dataset before building the
-Runner and runs ``--launcher pytorch`` without CUDA (:mod:`dinat_backbone.runner`, shared with
-``tools/train.py``; from a clone, ``pip install -e .`` first).
+Runner and runs ``--launcher pytorch`` without CUDA (:mod:`dinat_backbone.engine.runner`, shared
+with ``tools/train.py``; from a clone, ``pip install -e .`` first).
 
 ``--out``: mmdet dumps the raw predictions to a ``.pkl`` file (for offline evaluation);
 mmseg writes the predicted label maps as PNG files into that directory.
@@ -24,9 +24,9 @@ from typing import Any, Optional, Sequence
 
 from mmengine.config import Config, ConfigDict
 
-from dinat_backbone.runner import (add_common_args, build_runner, check_dataset_paths,
-                                   load_config, loading_checkpoints, parse_with_local_rank,
-                                   set_work_dir, setup_distributed)
+from dinat_backbone.engine.runner import (add_common_args, build_runner, check_dataset_paths,
+                                          load_config, loading_checkpoints, parse_with_local_rank,
+                                          set_work_dir, setup_distributed)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -132,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                          'or a URL such as https://...).')
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     # Converts the published mmdet 2.x / mmseg 0.x models at load time; checks every key.
-    from dinat_backbone.task_checkpoint import add_task_checkpoint_hook
+    from dinat_backbone.weights.task import add_task_checkpoint_hook
     add_task_checkpoint_hook(cfg)
     scope = cfg.default_scope
     set_work_dir(cfg, args.work_dir, args.config)

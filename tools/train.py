@@ -19,7 +19,7 @@ Examples::
     bash tools/dist_train.sh CONFIG 8 [--resume]
     torchrun --nproc_per_node 2 tools/train.py CONFIG --launcher pytorch
 
-The set-up shared with ``tools/test.py`` lives in :mod:`dinat_backbone.runner`, so both tools
+The set-up shared with ``tools/test.py`` lives in :mod:`dinat_backbone.engine.runner`, so both tools
 behave alike. The tool imports the installed package: from a clone, run ``pip install -e .``
 first (the ``import dinat_backbone`` below fails with ``ModuleNotFoundError`` otherwise).
 """
@@ -30,9 +30,9 @@ from typing import Any, Optional, Sequence
 
 from mmengine.config import Config
 
-from dinat_backbone.runner import (add_common_args, build_runner, check_dataset_paths,
-                                   load_config, loading_checkpoints, parse_with_local_rank,
-                                   set_work_dir, setup_distributed)
+from dinat_backbone.engine.runner import (add_common_args, build_runner, check_dataset_paths,
+                                          load_config, loading_checkpoints, parse_with_local_rank,
+                                          set_work_dir, setup_distributed)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

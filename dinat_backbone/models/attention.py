@@ -1,5 +1,5 @@
 """Multi-head 2-D (dilated) neighbourhood attention layer."""
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,11 @@ class NeighborhoodAttention2D(BaseModule):
         use_rpb (bool): Learn a relative positional bias ``[heads, 2k-1, 2k-1]``. Without it,
             CUDA inputs run on NATTEN's fused kernels. Default: True.
         init_cfg (dict, optional): Initialisation config. Default: None.
+
+    Attributes:
+        attention_op (callable): The function that computes attention, with the signature of
+            :func:`~dinat_backbone.ops.na2d` (the default). Analysis swaps it per instance,
+            e.g. :func:`~dinat_backbone.analysis.flops.counted_na2d` to count FLOPs.
     """
 
     def __init__(self,
@@ -55,6 +60,7 @@ class NeighborhoodAttention2D(BaseModule):
         self.dilation = check_dilation(dilation)
         self.scale = self.head_dims ** -0.5 if qk_scale is None else qk_scale
         self.attn_drop_rate = attn_drop_rate
+        self.attention_op: Callable[..., torch.Tensor] = na2d
 
         self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
         if use_rpb:
@@ -89,8 +95,9 @@ class NeighborhoodAttention2D(BaseModule):
             x = F.pad(x, (0, 0, 0, padded_w - width, 0, padded_h - height))
         qkv = self.qkv(x).reshape(batch, padded_h, padded_w, 3, self.num_heads, self.head_dims)
         q, k, v = qkv.unbind(3)
-        x = na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale,
-                 attn_drop=self.attn_drop_rate if self.training else 0.)
+        attn_drop = self.attn_drop_rate if self.training else 0.
+        x = self.attention_op(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb,
+                              scale=self.scale, attn_drop=attn_drop)
         x = x.reshape(batch, padded_h, padded_w, channels)
         if exporting:
             # Whether a crop is contiguous depends on whether it removed anything; export would

@@ -258,7 +258,7 @@ class DiNAT(BaseModule):
 
     def init_weights(self) -> None:
         if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
-            from ..checkpoint import load_pretrained
+            from ..weights import load_pretrained
             load_pretrained(self, self.init_cfg['checkpoint'],
                             logger=MMLogger.get_current_instance())
             self._is_init = True

@@ -8,8 +8,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
-from ..checkpoint import (CheckpointKeyError, CheckpointReport, adapt_state_dict,
-                          convert_to_reference, read_checkpoint)
+from ..weights import (CheckpointKeyError, CheckpointReport, adapt_state_dict, convert_to_reference,
+                       read_checkpoint)
 from .backbone import DiNAT
 
 __all__ = ['DiNATClassifier']
@@ -82,7 +82,7 @@ class DiNATClassifier(BaseModule):
 
         ``filename`` is a path, URL, zoo name, or a checkpoint already read. ``trusted=True``
         unpickles a file fully, running any code it contains (see
-        :func:`~dinat_backbone.checkpoint.read_checkpoint`).
+        :func:`~dinat_backbone.weights.read_checkpoint`).
 
         Raises:
             CheckpointKeyError: the checkpoint has no classifier (a backbone or task checkpoint),

@@ -23,7 +23,7 @@ polygons, every third one as compressed RLE; ``iscrowd`` is 0.
 
 Usage::
 
-    from dinat_backbone.sample_data import ensure_sample_data
+    from dinat_backbone.datasets.sample_data import ensure_sample_data
     paths = ensure_sample_data('data/sample')   # generates only what is missing
     paths['ade20k'], paths['coco'], paths['coco_train_ann']
 """
@@ -288,8 +288,8 @@ def _generate_into(path: str, generate: Callable[[str], None]) -> None:
     os.makedirs(parent, exist_ok=True)
     if osp.exists(path) and not osp.isfile(osp.join(path, _MARKER)):
         raise FileExistsError(
-            f'{path} exists but was not written by dinat_backbone.sample_data (no {_MARKER} '
-            'file); refusing to overwrite it. Choose another output directory.')
+            f'{path} exists but was not written by dinat_backbone.datasets.sample_data '
+            f'(no {_MARKER} file); refusing to overwrite it. Choose another output directory.')
     tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(path)}.', dir=parent)
     try:
         generate(tmp)

@@ -3,11 +3,12 @@
 torch >= 2.6 makes ``torch.load`` default to ``weights_only=True``, which rejects mmengine's
 own checkpoints (they pickle ``HistoryBuffer`` and numpy values) and so breaks ``load_from``,
 ``--resume`` and ``init_cfg=dict(type='Pretrained')``. We re-register mmengine's local-file
-and http(s) checkpoint loaders with :func:`~dinat_backbone.safe_loading.load_checkpoint_file`:
-still ``weights_only=True``, with an allow-list of what those checkpoints hold, and full
-unpickling only inside :func:`~dinat_backbone.safe_loading.trust_checkpoints` (the tools'
+and http(s) checkpoint loaders with
+:func:`~dinat_backbone.weights.safe_loading.load_checkpoint_file`: still ``weights_only=True``,
+with an allow-list of what those checkpoints hold, and full unpickling only inside
+:func:`~dinat_backbone.weights.safe_loading.trust_checkpoints` (the tools'
 ``--trust-checkpoint``). URLs are cached per full URL
-(:func:`~dinat_backbone.safe_loading.download_checkpoint`).
+(:func:`~dinat_backbone.weights.safe_loading.download_checkpoint`).
 """
 from typing import Any, Optional
 

@@ -6,11 +6,11 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .checkpoint import convert_to_reference, infer_arch, read_checkpoint, zoo_arch_name
+from ..models import DiNAT
+from ..models.classifier import DiNATClassifier
+from ..weights import convert_to_reference, infer_arch, read_checkpoint, zoo_arch_name
+from ..weights.zoo import IMAGENET_CHECKPOINTS, default_dilations
 from .features import IMAGENET_MEAN, IMAGENET_STD
-from .model_zoo import IMAGENET_CHECKPOINTS, default_dilations
-from .models import DiNAT
-from .models.classifier import DiNATClassifier
 
 __all__ = ['IMAGENET1K_LABELS', 'build_classifier', 'labels_beside', 'read_eval_image',
            'read_labels']

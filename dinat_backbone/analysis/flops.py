@@ -8,13 +8,14 @@ the attention's multiply-adds, so upstream tools (mmseg's and mmdet's ``get_flop
 DiNAT with no handle of ours; but mmengine reads einsum counts from numpy's ``einsum_path``
 report, rounded to 4 significant digits. :func:`flop_analyzer` counts exactly: it traces the
 model with every :class:`~dinat_backbone.models.NeighborhoodAttention2D` calling
-:func:`~dinat_backbone.ops.na2d` through one opaque operator, ``dinat_backbone::na2d_counted``,
-and counts that operator as :func:`na2d_flops`: ``2 * B * heads * H * W * kh * kw * head_dim``
-(QK and AV), the attention appearing under its own name in ``by_operator()``. This is the
-count that Swin's window attention gets from the same analysis (``aten::matmul``:
-``2 * B * heads * H * W * w * w * head_dim`` on its window-padded map), so the two compare
-fairly. Linear, convolution and norm layers are counted by mmengine's own handlers; softmax,
-bias additions and activations count zero, for every model alike.
+:func:`~dinat_backbone.ops.na2d` through one opaque operator (their ``attention_op``),
+``dinat_backbone::na2d_counted``, and counts that operator as :func:`na2d_flops`:
+``2 * B * heads * H * W * kh * kw * head_dim`` (QK and AV), the attention appearing under its
+own name in ``by_operator()``. This is the count that Swin's window attention gets from the
+same analysis (``aten::matmul``: ``2 * B * heads * H * W * w * w * head_dim`` on its
+window-padded map), so the two compare fairly. Linear, convolution and norm layers are counted
+by mmengine's own handlers; softmax, bias additions and activations count zero, for every model
+alike.
 """
 from contextlib import contextmanager
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
@@ -24,9 +25,9 @@ import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import get_shape
 
-from .models import attention as _attention_module
-from .ops import na2d
-from .ops._checks import IntOrPair, check_dilation, check_kernel_size
+from ..models import NeighborhoodAttention2D
+from ..ops import na2d
+from ..ops._checks import IntOrPair, check_dilation, check_kernel_size
 
 __all__ = ['NA2D_COUNTED_OP', 'na2d_flops', 'counted_na2d', 'flop_analyzer']
 
@@ -70,18 +71,22 @@ def _na2d_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
 
 
 @contextmanager
-def counted_na2d() -> Iterator[None]:
-    """Within the context, attention layers call ``na2d`` through ``dinat_backbone::na2d_counted``.
+def counted_na2d(model: nn.Module) -> Iterator[None]:
+    """Within the context, the attention layers of ``model`` call ``na2d`` through
+    ``dinat_backbone::na2d_counted`` (their ``attention_op``; other models are untouched).
 
     Same results (forward only: the counted operator has no autograd formula); only the traced
     graph differs, showing one node per attention call instead of the operator's internals.
     """
-    original = _attention_module.na2d
-    _attention_module.na2d = _na2d_through_counted_op
+    layers = [m for m in model.modules() if isinstance(m, NeighborhoodAttention2D)]
+    originals = [layer.attention_op for layer in layers]
+    for layer in layers:
+        layer.attention_op = _na2d_through_counted_op
     try:
         yield
     finally:
-        _attention_module.na2d = original
+        for layer, original in zip(layers, originals):
+            layer.attention_op = original
 
 
 def flop_analyzer(model: nn.Module,
@@ -106,6 +111,6 @@ def flop_analyzer(model: nn.Module,
     analyzer = FlopAnalyzer(model, inputs).set_op_handle(NA2D_COUNTED_OP, _na2d_flop_jit)
     analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     analyzer.tracer_warnings('none')
-    with counted_na2d(), torch.no_grad():
+    with counted_na2d(model), torch.no_grad():
         analyzer.total()
     return analyzer

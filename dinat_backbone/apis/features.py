@@ -4,7 +4,7 @@ A backbone comes from an arch name (``'mini'`` ... ``'large'``, ImageNet normali
 an mmseg/mmdet config (its ``model.backbone``, and its ``model.data_preprocessor`` for the
 normalisation). Its weights come from a backbone checkpoint (original SHI-Labs, Hugging Face or
 ours) or from a whole trained mmseg/mmdet model (its ``backbone.*`` tensors), read by
-:func:`dinat_backbone.checkpoint.load_pretrained`.
+:func:`dinat_backbone.weights.load_pretrained`.
 
 Images are read as mmseg/mmdet's ``LoadImageFromFile`` reads them (OpenCV, 3-channel BGR), then
 converted to RGB when the data preprocessor does (``bgr_to_rgb``) and normalised with its
@@ -34,9 +34,9 @@ import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 
-from .checkpoint_hook import atomic_torch_save
-from .models import DiNAT
-from .safe_loading import trust_checkpoints
+from ..engine.checkpoint_hook import atomic_torch_save
+from ..models import DiNAT
+from ..weights.safe_loading import trust_checkpoints
 
 __all__ = [
     'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGE_EXTENSIONS', 'Preprocessing', 'build_backbone',
@@ -140,10 +140,10 @@ def build_backbone(config_or_arch: str,
     Raises:
         FileNotFoundError: a missing config or checkpoint file.
         ValueError: neither a config nor a known arch, a non-DiNAT config backbone, or a
-            checkpoint that does not fit (see :func:`~dinat_backbone.checkpoint.load_pretrained`).
+            checkpoint that does not fit (see :func:`~dinat_backbone.weights.load_pretrained`).
     """
-    from .checkpoint import convert_to_backbone, infer_arch, load_pretrained, read_checkpoint
-    from .model_zoo import default_dilations
+    from ..weights import convert_to_backbone, infer_arch, load_pretrained, read_checkpoint
+    from ..weights.zoo import default_dilations
 
     if _is_config(config_or_arch):
         if dilations is not None or kernel_size is not None:

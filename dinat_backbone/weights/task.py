@@ -1,91 +1,14 @@
 """The published COCO / ADE20K DiNAT models (mmdet 2.x / mmseg 0.x files) on mmdet 3.x / mmseg 1.x.
 
-The 13 task checkpoints of :data:`~dinat_backbone.model_zoo.TASK_CHECKPOINTS` are whole
-detectors/segmentors saved by mmcv 1.4.8's ``save_checkpoint`` under mmdet 2.19.0 / mmseg 0.20.2
-(the versions pinned by the reference ``detection/README.md`` and ``segmentation/README.md``).
+The 13 task checkpoints of :data:`~dinat_backbone.weights.zoo.TASK_CHECKPOINTS` are whole
+detectors/segmentors saved by mmcv 1.4.8's ``save_checkpoint`` under mmdet 2.19.0 / mmseg 0.20.2.
 :func:`convert_task_checkpoint` turns such a file into what mmdet 3.3 / mmseg 1.2 (mmengine) save,
 and :class:`TaskCheckpointHook` does it at load time (``load_from``, ``tools/test.py``), then
 checks every key against the model: nothing may be missing, unexpected or of another shape.
 
-What changed, read from both sources. mmdet paths are under ``mmdet/models/`` in 2.19.0 and 3.3.0,
-mmseg paths under ``mmseg/models/`` in 0.20.2 and 1.2.2; "keys" are the attributes that make
-state-dict keys:
-
-* DiNAT backbone: reference ``NAT`` (``detection/nat.py`` = ``segmentation/nat.py``;
-  ``DiNAT(NAT)`` adds nothing) with natten 0.14.2 ``NeighborhoodAttention2D``
-  (``natten/natten2d.py``: ``qkv``, ``rpb``, ``proj``). Keys ``patch_embed.proj.{0,1}``,
-  ``patch_embed.norm``, ``levels.i.blocks.j.{norm1, attn.{qkv, rpb, proj}, norm2,
-  mlp.{fc1, fc2}, gamma1, gamma2}``, ``levels.i.downsample.{reduction, norm}`` (levels 0-2)
-  and ``norm{i}`` (out_indices). Ours uses exactly these names: no change.
-* ``FPN`` (``necks/fpn.py``): ``lateral_convs.i``, ``fpn_convs.i`` (``ConvModule``). No
-  change.
-* ``RPNHead`` (``dense_heads/rpn_head.py``, ``_init_layers``): ``rpn_conv`` (``nn.Conv2d``
-  for ``num_convs=1``), ``rpn_cls`` (num_base_priors x cls_out_channels = 3), ``rpn_reg``
-  (num_base_priors x 4 = 12). No change; 3.3 writes the 4 as ``bbox_coder.encode_size``.
-* ``StandardRoIHead`` / ``CascadeRoIHead`` (``roi_heads/standard_roi_head.py``,
-  ``cascade_roi_head.py``, ``init_bbox_head``/``init_mask_head``): ``bbox_roi_extractor``
-  (RoIAlign, no parameters), ``bbox_head``, ``mask_roi_extractor``, ``mask_head``. Cascade
-  has a ``ModuleList`` per stage, and a single ``mask_head`` dict is copied to the 3 stages.
-  No change.
-* ``Shared2FCBBoxHead`` and ``Shared4Conv1FCBBoxHead`` = ``ConvFCBBoxHead`` with 4 shared
-  convs and 1 shared fc (``bbox_heads/convfc_bbox_head.py``, ``__init__`` and
-  ``_add_conv_fc_branch``; ``bbox_head.py`` ``BBoxHead``): ``shared_convs.i``
-  (``ConvModule``: ``conv``, ``bn``), ``shared_fcs.i`` (``nn.Linear``), ``fc_cls``
-  (num_classes + 1 = 81), ``fc_reg`` (4 x 80 = 320 with ``reg_class_agnostic=False``). The
-  cls/reg branches are empty. 2.19 builds ``fc_cls``/``fc_reg`` with ``build_linear_layer``
-  and 3.3 with ``MODELS.build``: both give ``nn.Linear``. No change.
-* ``FCNMaskHead`` (``mask_heads/fcn_mask_head.py``): ``convs.i`` (``ConvModule``),
-  ``upsample`` (deconv: ``nn.ConvTranspose2d``), ``conv_logits`` (80 classes). No change.
-* Losses (``CrossEntropyLoss``, ``GIoULoss``, ``L1Loss``, ``SmoothL1Loss``): no parameters
-  or buffers in either version.
-* ``ConvModule`` (mmcv-full 1.4.8 and mmcv 2.1.0, ``cnn/bricks/conv_module.py``): ``conv``,
-  and the norm under ``norm_name`` from ``infer_abbr``, which is ``bn`` for both BN and
-  SyncBN (with running stats and ``num_batches_tracked`` in both). No change.
-* ``BaseDecodeHead`` (``decode_heads/decode_head.py``): ``conv_seg``. 0.20 builds it as
-  ``Conv2d(channels, num_classes)``, 1.2 as ``Conv2d(channels, out_channels)`` with
-  ``out_channels = num_classes`` unless binary: 150 either way. ``dropout`` and
-  ``loss_decode`` have no parameters. No change.
-* ``UPerHead`` (``decode_heads/uper_head.py``; ``PPM`` in ``psp_head.py``):
-  ``psp_modules.i.1`` (``Sequential(AdaptiveAvgPool2d, ConvModule)``), ``bottleneck``,
-  ``lateral_convs.i``, ``fpn_convs.i``, ``fpn_bottleneck``. No change.
-* ``FCNHead`` (``decode_heads/fcn_head.py``): ``convs.0`` (``num_convs=1``); ``conv_cat``
-  only with ``concat_input``, which is False here. No change.
-* Data preprocessors (3.3 / 1.2 only): ``mean``/``std`` are registered with
-  ``persistent=False``, so they are not in the state dict.
-
-So no state-dict key or shape differs for these models (mmdet 3.3's own model zoo still serves
-2.x-era files for the same heads, e.g. ``convnext/metafile.yml``'s
-``cascade_mask_rcnn_convnext-t_p4_w7_fpn_giou_4conv1f_fp16_ms-crop_3x_coco_20220509_...pth``, as
-does mmseg 1.2's ``swin/metafile.yaml`` with v0.5 UPerNet files). What differs is the file around
-the state dict:
-
-* mmcv 1.4.8 (``runner/checkpoint.py: save_checkpoint``) saves ``meta``, ``state_dict`` and
-  ``optimizer`` (``publish_model.py`` deletes the latter). ``meta`` holds ``mmcv_version``,
-  ``time`` and ``CLASSES``; the runner adds ``epoch`` and ``iter``; the training script adds
-  ``env_info``, ``config`` (the config text), ``seed``, ``exp_name`` and, through
-  ``checkpoint_config.meta``, ``mmdet_version`` (``'2.19.0' + git hash``) or ``mmseg_version``
-  (``'0.20.2+hash'``) and, for mmseg, ``PALETTE``. ``Fp16OptimizerHook`` (used by the reference
-  Mini..Base configs) adds ``fp16.loss_scaler``.
-* mmengine 0.10.7 (``Runner.save_checkpoint``) saves ``meta`` with ``cfg``, ``seed``,
-  ``experiment_name``, ``time``, ``mmengine_version``, ``dataset_meta`` (``classes``,
-  ``palette``), ``epoch``, ``iter``, plus ``message_hub``, ``optimizer`` and
-  ``param_schedulers``. mmdet 3.3's ``init_detector`` and mmseg 1.2's ``init_model`` read
-  ``meta['dataset_meta']`` and fall back to ``CLASSES`` (and ``PALETTE``) "for < 3.x / < 1.x".
-
-The conversion therefore renames no key and maps ``meta``: ``CLASSES`` -> ``dataset_meta.classes``,
-``PALETTE`` -> ``dataset_meta.palette``, ``config`` -> ``cfg``, ``exp_name`` ->
-``experiment_name``, the version strings -> ``converted_from``; it drops ``fp16`` (loss-scaler
-state of training) and the mmcv 1.x ``optimizer`` state, and keeps the rest and the state dict's
-``_metadata`` (module versions; BatchNorm is version 2 in torch 1.11 and 2.13).
-
-Why a Runner hook: mmengine calls ``Hook.after_load_checkpoint(runner, checkpoint)`` between
-reading the file and loading its state dict, for ``load_from`` and for resuming. mmengine's own
-``EMAHook`` rewrites checkpoints there. Only at that point are both the file and the model at
-hand, and the strict key check needs both. A checkpoint-loader wrapper
-(``CheckpointLoader.register_scheme``) sees no model and would touch every file read (ImageNet
-initialisation, resuming); with no key to rename, it would have nothing but ``meta`` to
-convert. Outside the Runner, mmdet's ``init_detector`` and mmseg's ``init_model`` read both
-``meta`` styles themselves.
+No state-dict key or shape differs between the two stacks for these models; only the file
+around the state dict does. Which attributes of each module make its keys, read from both
+sources, and why a Runner hook: ``docs/task_checkpoints.md``.
 """
 import copy
 import logging
@@ -100,8 +23,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
-from .checkpoint import (CheckpointKeyError, _list_keys, diff_state_dict, infer_arch,
-                         variant_name)
+from .arch import infer_arch, variant_name
+from .keys import CheckpointKeyError, StateDict, diff_state_dict, list_keys
 
 __all__ = [
     'TASK_LAYOUTS', 'OLD_LAYOUTS', 'TaskCheckpointReport', 'detect_task_layout',
@@ -109,7 +32,6 @@ __all__ = [
     'add_task_checkpoint_hook'
 ]
 
-StateDict = Dict[str, torch.Tensor]
 # 'mmdet2' / 'mmseg0': saved by mmcv 1.x under mmdet 2.x / mmseg 0.x (the published files);
 # 'mmengine': saved by mmdet 3.x / mmseg 1.x or converted here; 'state_dict': tensors only.
 TASK_LAYOUTS = ('mmdet2', 'mmseg0', 'mmengine', 'state_dict')
@@ -144,7 +66,7 @@ class TaskCheckpointReport:
         parts = [f'Task checkpoint {self.source or "(state dict)"}: {self.layout} layout{saved}']
         if self.layout in OLD_LAYOUTS:
             parts.append('no state-dict key renamed (none differs for these models, see '
-                         'dinat_backbone.task_checkpoint)')
+                         'dinat_backbone.weights.task)')
         if self.meta_changes:
             parts.append('meta ' + ', '.join(self.meta_changes))
         if self.dropped:
@@ -170,7 +92,7 @@ def _split(checkpoint: Mapping[str, Any]) -> Tuple[Mapping[str, torch.Tensor], D
         return checkpoint, {}
     raise ValueError('Not a whole-model checkpoint: expected "state_dict" (and "meta") as '
                      'mmdet/mmseg save them, or a mapping of names to tensors; got keys '
-                     f'{_list_keys(map(str, checkpoint))}.')
+                     f'{list_keys(map(str, checkpoint))}.')
 
 
 def _major(version: Any) -> Optional[int]:
@@ -273,7 +195,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _backbone_hint(state_dict: Mapping[str, torch.Tensor],
                    target: Mapping[str, torch.Tensor]) -> str:
-    from .models import DiNAT
+    from ..models import DiNAT
 
     def variant(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
         backbone = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
@@ -334,7 +256,7 @@ class TaskCheckpointHook(Hook):
     the model (:func:`check_task_state_dict`) and logs a one-line report.
 
     ``tools/test.py`` adds it; in a config: ``custom_hooks = [dict(type='TaskCheckpointHook')]``
-    (registered when ``dinat_backbone.task_checkpoint`` is imported).
+    (registered when ``dinat_backbone.weights.task`` is imported).
 
     Args:
         strict (bool): Raise when keys are missing, unexpected or of another shape (otherwise

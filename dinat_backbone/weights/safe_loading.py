@@ -18,7 +18,8 @@ process-wide. ``.safetensors`` files are read with safetensors. Anything else is
 :class:`UnsafeCheckpointError`, naming the offending global and the opt-in for a file from a
 trusted source: ``trusted=True`` on the loading functions, ``--trust-checkpoint`` on the tools,
 or :func:`trust_checkpoints` around mmengine's own loading (``load_from``, resume,
-``init_cfg``), which goes through the loaders that :mod:`dinat_backbone.compat` registers.
+``init_cfg``), which goes through the loaders that
+:mod:`dinat_backbone.weights.mmengine_loaders` registers.
 
 Downloads (:func:`download_checkpoint`) are cached under a directory named by a hash of the full
 URL, so two URLs with the same file name never share an entry; a file name carrying a SHA-256
@@ -47,7 +48,7 @@ __all__ = [
 SafeGlobal = Union[Callable, Tuple[Callable, str]]
 OPT_IN = ('trusted=True (load_pretrained, read_checkpoint, DiNATClassifier.load_checkpoint, '
           'build_backbone), --trust-checkpoint (tools), or `with '
-          'dinat_backbone.safe_loading.trust_checkpoints():` around mmengine\'s loading '
+          'dinat_backbone.weights.safe_loading.trust_checkpoints():` around mmengine\'s loading '
           '(load_from, resume, init_cfg)')
 # torch.hub's naming convention, with at least the 8 hex digits its documentation asks for
 # (its own pattern, '-([a-f0-9]*)\.', would take the '224' of 'dinat-mini-224.pth' for a hash).

@@ -1,0 +1,2 @@
+"""Measuring models: FLOP counting (:mod:`.flops`) and benchmark helpers
+(:mod:`.benchmark_utils`)."""
