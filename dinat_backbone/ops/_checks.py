@@ -1,6 +1,11 @@
-"""Argument normalisers and validation for the neighbourhood-attention operator."""
+"""Argument normalisers and validation for the neighbourhood-attention operator.
+
+:func:`check_na2d_args` is the one check of an ``na2d`` call: the public entry points
+(:func:`~dinat_backbone.ops.na2d` and the per-backend ``na2d_*``) call it once and hand its
+:class:`NA2DArgs` to the implementations, which do not check again.
+"""
 import numbers
-from typing import Any, Optional, Tuple, Union
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -24,6 +29,7 @@ def to_pair(value: IntOrPair, name: str) -> Tuple[int, int]:
 
 
 def check_kernel_size(kernel_size: IntOrPair) -> Tuple[int, int]:
+    """The kernel size as a pair of odd ints >= 1."""
     kernel = to_pair(kernel_size, 'kernel_size')
     if any(k < 1 or k % 2 == 0 for k in kernel):
         raise ValueError('Neighbourhood attention needs an odd kernel size >= 1 per axis, '
@@ -32,15 +38,33 @@ def check_kernel_size(kernel_size: IntOrPair) -> Tuple[int, int]:
 
 
 def check_dilation(dilation: IntOrPair) -> Tuple[int, int]:
+    """The dilation as a pair of ints >= 1."""
     dil = to_pair(dilation, 'dilation')
     if any(d < 1 for d in dil):
         raise ValueError(f'Dilation must be >= 1 per axis, got {dilation=}.')
     return dil
 
 
-def check_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                 kernel: Tuple[int, int], dilation: Tuple[int, int],
-                 rpb: Optional[torch.Tensor]) -> None:
+class NA2DArgs(NamedTuple):
+    """The normalised arguments of one ``na2d`` call."""
+    kernel: Tuple[int, int]
+    dilation: Tuple[int, int]
+    scale: float
+
+
+def check_na2d_args(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    kernel_size: IntOrPair, dilation: IntOrPair, rpb: Optional[torch.Tensor],
+                    scale: Optional[float]) -> NA2DArgs:
+    """Validate the arguments of :func:`~dinat_backbone.ops.na2d` and normalise them; the
+    scale defaults to ``head_dim ** -0.5`` here and nowhere else."""
+    kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
+    _check_tensors(query, key, value, kernel, dil, rpb)
+    return NA2DArgs(kernel, dil, query.shape[-1] ** -0.5 if scale is None else float(scale))
+
+
+def _check_tensors(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   kernel: Tuple[int, int], dilation: Tuple[int, int],
+                   rpb: Optional[torch.Tensor]) -> None:
     """Validate shapes/dtypes of ``[batch, height, width, heads, head_dim]`` inputs."""
     if query.dim() != 5:
         raise ValueError('na2d expects query/key/value of shape [batch, height, width, heads, '

@@ -81,7 +81,7 @@ def _isa_flags() -> str:
 
 
 def _build_inputs(sources: Sequence[Path], cflags: Sequence[str] = (),
-                 ldflags: Sequence[str] = ()) -> Dict[str, object]:
+                  ldflags: Sequence[str] = ()) -> Dict[str, object]:
     """Everything that determines the binary built from ``sources``; its hash is the build's
     key (recorded in ``build.json``, to tell why two builds differ)."""
     from torch.utils.cpp_extension import get_cxx_compiler

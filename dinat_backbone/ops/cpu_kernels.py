@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 
 from . import library  # noqa: F401  (defines the operators whose CPU kernels are built here)
-from ._checks import IntOrPair, check_dilation, check_inputs, check_kernel_size
+from ._checks import IntOrPair, NA2DArgs, check_na2d_args
+from ._softmax import attention_weights
 from .windows import AxisNeighbours, axis_neighbours
 
-__all__ = ['cpu_kernels', 'kernels_built', 'na2d_cpu', 'takes']
+__all__ = ['cpu_kernels', 'kernels_built', 'na2d_cpu', 'run_cpu', 'takes']
 
 SOURCE = Path(__file__).parent / 'csrc' / 'na2d_cpu.cpp'
 CPU_DTYPES = (torch.float32, torch.float64)
@@ -76,32 +76,39 @@ def _cached_tables(length: int, kernel: int, dilation: int) -> AxisNeighbours:
     return AxisNeighbours(keys.contiguous(), bias.contiguous())
 
 
-def na2d_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-             kernel_size: IntOrPair, dilation: IntOrPair = 1,
-             rpb: Optional[torch.Tensor] = None, scale: Optional[float] = None,
-             attn_drop: float = 0.0) -> torch.Tensor:
-    """:func:`~dinat_backbone.ops.na2d` on the compiled CPU kernels (same arguments); float32
-    or float64 CPU tensors. Raises RuntimeError if the kernels could not be built."""
-    kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
-    check_inputs(query, key, value, kernel, dil, rpb)
+def run_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, args: NA2DArgs,
+            rpb: Optional[torch.Tensor], attn_drop: float) -> torch.Tensor:
+    """The CPU kernels on checked arguments (:func:`~._checks.check_na2d_args`).
+
+    Raises:
+        TypeError: not a float32 or float64 CPU tensor.
+        RuntimeError: the kernels could not be built.
+    """
     if not takes(query):
         raise TypeError('The CPU kernels take float32 or float64 CPU tensors, got '
                         f'{query.dtype} on {query.device}.')
     if not kernels_built():
         raise RuntimeError('The CPU neighbourhood-attention kernels could not be built; '
                            "see the warning above, or use backend='torch'.")
-    b, height, width, heads, dim = query.shape
-    scale = dim ** -0.5 if scale is None else scale
-    rows = _tables(height, kernel[0], dil[0])
-    cols = _tables(width, kernel[1], dil[1])
+    (kernel_h, kernel_w), (dil_h, dil_w) = args.kernel, args.dilation
+    rows = _tables(query.shape[1], kernel_h, dil_h)
+    cols = _tables(query.shape[2], kernel_w, dil_w)
     query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
 
     if rpb is not None:
         rpb = rpb.to(query.dtype)
     ops = torch.ops.dinat_na2d  # differentiable: see .library
-    logits = ops.neighbour_dot(query, key, rows.keys, cols.keys, scale, rpb, rows.bias,
+    logits = ops.neighbour_dot(query, key, rows.keys, cols.keys, args.scale, rpb, rows.bias,
                                cols.bias)  # [B, H, W, heads, k*k]
-    attn = logits.softmax(-1)
-    if attn_drop > 0.0:
-        attn = F.dropout(attn, p=attn_drop)
+    attn = attention_weights(logits, query.dtype, attn_drop)
     return ops.neighbour_weighted_sum(attn.contiguous(), value, rows.keys, cols.keys, 1.0)
+
+
+def na2d_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             kernel_size: IntOrPair, dilation: IntOrPair = 1,
+             rpb: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+             attn_drop: float = 0.0) -> torch.Tensor:
+    """:func:`~dinat_backbone.ops.na2d` on the compiled CPU kernels (same arguments); float32
+    or float64 CPU tensors. Raises RuntimeError if the kernels could not be built."""
+    args = check_na2d_args(query, key, value, kernel_size, dilation, rpb, scale)
+    return run_cpu(query, key, value, args, rpb, attn_drop)

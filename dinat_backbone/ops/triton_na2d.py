@@ -36,9 +36,10 @@ from typing import Any, Optional, Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._checks import IntOrPair, check_dilation, check_inputs, check_kernel_size
+from ._checks import IntOrPair, NA2DArgs, check_na2d_args
+from .tiled import run_tiled
 
-__all__ = ['na2d_triton', 'triton_kernels', 'triton_supports']
+__all__ = ['na2d_triton', 'run_triton', 'triton_kernels', 'triton_supports']
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
@@ -66,37 +67,34 @@ def _interpreting() -> bool:
     return os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
 
 
-def triton_supports(query: torch.Tensor, kernel_size: Optional[IntOrPair],
+def triton_supports(query: torch.Tensor, kernel: Optional[Tuple[int, int]],
                     attn_drop: float = 0.0) -> bool:
     """Whether ``backend='auto'`` may run the kernels: a CUDA tensor of a supported dtype and
-    head dim, a supported kernel size (None: not known, not checked), no attention dropout,
-    and Triton importable."""
-    kernel_ok = kernel_size is None or all(k in KERNEL_SIZES
-                                           for k in check_kernel_size(kernel_size))
-    return (query.is_cuda and query.dtype in TRITON_DTYPES and query.shape[-1] <= MAX_HEAD_DIM
-            and kernel_ok and attn_drop == 0.0 and triton_kernels() is not None)
+    head dim, a supported (normalised) kernel size (None: not known, not checked), no
+    attention dropout, and Triton importable."""
+    return query.is_cuda and attn_drop == 0.0 and _refusal(query, kernel) is None
 
 
-def _check_triton_inputs(query: torch.Tensor, kernel: Tuple[int, int]) -> ModuleType:
-    kernels = triton_kernels()
-    if kernels is None:
-        raise RuntimeError("backend='triton' needs the triton package (pip install triton); "
-                           "use backend='auto' or 'torch' without it.")
+def _refusal(query: torch.Tensor, kernel: Optional[Tuple[int, int]]) -> Optional[Exception]:
+    """Why the kernels cannot run on ``query`` (the error that forcing them raises), or None."""
+    if triton_kernels() is None:
+        return RuntimeError("backend='triton' needs the triton package (pip install triton); "
+                            "use backend='auto' or 'torch' without it.")
     if not query.is_cuda and not _interpreting():
-        raise RuntimeError(f"backend='triton' runs on CUDA tensors, got {query.device=}. "
-                           'On the CPU set TRITON_INTERPRET=1 before starting Python to run '
-                           "the kernels under Triton's interpreter (slow, for testing), or use "
-                           "backend='auto'.")
+        return RuntimeError(f"backend='triton' runs on CUDA tensors, got {query.device=}. "
+                            'On the CPU set TRITON_INTERPRET=1 before starting Python to run '
+                            "the kernels under Triton's interpreter (slow, for testing), or "
+                            "use backend='auto'.")
     if query.dtype not in TRITON_DTYPES:
-        raise TypeError(f"backend='triton' takes float32, float16 or bfloat16, got "
-                        f"{query.dtype}; use backend='torch' for other dtypes.")
+        return TypeError(f"backend='triton' takes float32, float16 or bfloat16, got "
+                         f"{query.dtype}; use backend='torch' for other dtypes.")
     if query.shape[-1] > MAX_HEAD_DIM:
-        raise ValueError(f"backend='triton' takes head dims <= {MAX_HEAD_DIM}, got "
-                         f"{query.shape[-1]}; use backend='torch'.")
-    if any(k not in KERNEL_SIZES for k in kernel):
-        raise ValueError("backend='triton' takes odd kernel sizes 3..13, got "
-                         f"kernel_size={kernel}; use backend='torch'.")
-    return kernels
+        return ValueError(f"backend='triton' takes head dims <= {MAX_HEAD_DIM}, got "
+                          f"{query.shape[-1]}; use backend='torch'.")
+    if kernel is not None and any(k not in KERNEL_SIZES for k in kernel):
+        return ValueError("backend='triton' takes odd kernel sizes 3..13, got "
+                          f"kernel_size={kernel}; use backend='torch'.")
+    return None
 
 
 def _launch_config(query: torch.Tensor, kernel: Tuple[int, int], dilation: Tuple[int, int],
@@ -224,6 +222,18 @@ class _NA2DTriton(torch.autograd.Function):
         return grad_query, grad_key, grad_value, grad_rpb, None, None, None
 
 
+def run_triton(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, args: NA2DArgs,
+               rpb: Optional[torch.Tensor], attn_drop: float) -> torch.Tensor:
+    """The Triton kernels on checked arguments (:func:`~._checks.check_na2d_args`); raises
+    what :func:`na2d_triton` documents."""
+    refusal = _refusal(query, args.kernel)
+    if refusal is not None:
+        raise refusal
+    if attn_drop > 0.0:
+        return run_tiled(query, key, value, args, rpb, attn_drop)
+    return _NA2DTriton.apply(query, key, value, rpb, args.kernel, args.dilation, args.scale)
+
+
 def na2d_triton(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kernel_size: IntOrPair, dilation: IntOrPair = 1,
                 rpb: Optional[torch.Tensor] = None, scale: Optional[float] = None,
@@ -237,11 +247,5 @@ def na2d_triton(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         RuntimeError: Triton is not installed, or a CPU tensor without ``TRITON_INTERPRET=1``.
         TypeError, ValueError: a dtype, head dim or kernel size the kernels do not take.
     """
-    kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
-    check_inputs(query, key, value, kernel, dil, rpb)
-    _check_triton_inputs(query, kernel)
-    if attn_drop > 0.0:
-        from .functional import na2d_tiled
-        return na2d_tiled(query, key, value, kernel, dil, rpb, scale, attn_drop)
-    scale = query.shape[-1] ** -0.5 if scale is None else scale
-    return _NA2DTriton.apply(query, key, value, rpb, kernel, dil, float(scale))
+    args = check_na2d_args(query, key, value, kernel_size, dilation, rpb, scale)
+    return run_triton(query, key, value, args, rpb, attn_drop)
