@@ -139,7 +139,7 @@ def test_alias_is_exactly_tiny():
 
 
 def test_model_zoo_points_at_these_configs():
-    from dinat_backbone import model_zoo as zoo
+    from dinat_backbone.weights import zoo
     for entry in zoo.TASK_CHECKPOINTS.values():
         name = str(Path(entry.config).relative_to('configs'))
         assert name in PAPER, entry.config

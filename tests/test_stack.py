@@ -17,7 +17,7 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
 
 import dinat_backbone  # noqa: F401  (mmengine's checkpoint loaders: weights_only + allow-list)
-from dinat_backbone import sample_data
+from dinat_backbone.datasets import sample_data
 from dinat_backbone.datasets.sample_data import (ADE20K_SAMPLE_CLASSES, COCO_SAMPLE_CATEGORIES,
                                                  COCO_SAMPLE_CLASSES, ensure_sample_data,
                                                  generate_sample_data)

@@ -7,7 +7,7 @@ import os
 import os.path as osp
 from typing import Optional, Sequence
 
-from dinat_backbone import sample_data
+from dinat_backbone.datasets import sample_data
 
 
 EPILOG = f"""\
