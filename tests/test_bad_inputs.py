@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, load_tool, run_script
-from dinat_backbone.weights import load_pretrained
 from dinat_backbone.apis.features import FeatureExtractor, build_backbone, read_image
 from dinat_backbone.models import DiNAT, NeighborhoodAttention2D
 from dinat_backbone.ops import na2d
+from dinat_backbone.weights import load_pretrained
+
+from helpers import REPO_ROOT, load_tool, run_script
 
 TOOLS_DIR = REPO_ROOT / 'tools'
 export_onnx = load_tool('export_onnx')

@@ -10,12 +10,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import REPO_ROOT, assert_ok, run_script
 from dinat_backbone import DiNAT
 from dinat_backbone.analysis.benchmark_utils import CleanProcessMemory
 from dinat_backbone.analysis.flops import counted_na2d, flop_analyzer, na2d_flops
 from dinat_backbone.models import DiNATBlock, NeighborhoodAttention2D, dilation_preset
 from dinat_backbone.ops import na2d
+
+from helpers import REPO_ROOT, assert_ok, run_script
 
 
 def _load_benchmark() -> ModuleType:

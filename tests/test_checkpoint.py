@@ -17,17 +17,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import load_tool
+from dinat_backbone.apis.classification import read_eval_image
+from dinat_backbone.models import DiNAT
+from dinat_backbone.models.classifier import DiNATClassifier
 from dinat_backbone.weights import (CheckpointKeyError, adapt_state_dict, check_variant,
                                     convert_huggingface, convert_to_backbone, convert_to_reference,
                                     detect_layout, diff_state_dict, infer_arch, load_pretrained,
                                     read_checkpoint, unwrap_checkpoint)
-from dinat_backbone.apis.classification import read_eval_image
 from dinat_backbone.weights.zoo import (IMAGENET_CHECKPOINTS, TASK_CHECKPOINTS, get_checkpoint_url,
                                         get_hf_url, get_pretrained, list_checkpoints,
                                         resolve_checkpoint)
-from dinat_backbone.models import DiNAT
-from dinat_backbone.models.classifier import DiNATClassifier
+
+from helpers import load_tool
 
 ROOT = Path(__file__).parent.parent
 DATA = Path(__file__).parent / 'data'

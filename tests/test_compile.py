@@ -10,11 +10,12 @@ import torch
 import torch.nn as nn
 from torch._dynamo.backends.common import aot_autograd
 
-from conftest import REPO_ROOT
 from dinat_backbone import DiNAT
 from dinat_backbone.ops import select_backend
 from dinat_backbone.ops.cpu_kernels import _tables, cpu_kernels
 from dinat_backbone.ops.library import OPERATORS
+
+from helpers import REPO_ROOT
 
 # A tiny backbone on a 64 px image: level 0 (16x16, dilation 1) runs on the CPU kernels, the
 # smaller levels on the tiled implementation (each dilation group fits one tile), and level 3

@@ -26,9 +26,10 @@ from typing import Optional
 import pytest
 import torch
 
-from conftest import REPO_ROOT, assert_ok, run_script
 from dinat_backbone.engine.checkpoint_hook import atomic_torch_save, atomic_write
 from dinat_backbone.weights.safe_loading import load_checkpoint_file
+
+from helpers import REPO_ROOT, assert_ok, run_script
 
 # Imported by the test config (custom_imports) in each training process.
 SUPPORT_MODULE = '''\

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import SAMPLE_TRAIN_ITERS, assert_ok
+from helpers import SAMPLE_TRAIN_ITERS, assert_ok
 
 pytestmark = pytest.mark.slow  # the session-trained demo model
 

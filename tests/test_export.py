@@ -16,8 +16,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import REPO_ROOT, SAMPLE_SEG_CONFIG, assert_ok, load_tool
 from dinat_backbone.models import DiNAT
+
+from helpers import REPO_ROOT, SAMPLE_SEG_CONFIG, assert_ok, load_tool
 
 export_onnx = load_tool('export_onnx')
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_tool
 from dinat_backbone.apis.features import FeatureExtractor, Preprocessing, build_backbone
 from dinat_backbone.models import DiNAT
+
+from helpers import load_tool
 
 main = load_tool('extract_features').main
 

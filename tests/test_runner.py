@@ -8,9 +8,10 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config
 
-from conftest import free_port
 from dinat_backbone.engine.runner import (check_dataset_paths, load_config, set_work_dir,
                                           setup_distributed)
+
+from helpers import free_port
 
 
 def _exit_message(function, *args) -> str:

@@ -23,15 +23,16 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import load_tool, run_script
 
-from dinat_backbone.weights import load_pretrained, read_checkpoint
 from dinat_backbone.apis.features import build_backbone
 from dinat_backbone.models import DiNAT
 from dinat_backbone.models.classifier import DiNATClassifier
+from dinat_backbone.weights import load_pretrained, read_checkpoint
 from dinat_backbone.weights.safe_loading import (UnsafeCheckpointError, allowed_globals,
                                                  download_checkpoint, load_checkpoint_file,
                                                  trust_checkpoints)
+
+from helpers import load_tool, run_script
 
 ARCH = dict(embed_dims=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], mlp_ratio=2.)
 DILATIONS = [[1], [2], [1, 2], [1]]

@@ -27,13 +27,14 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 import dinat_backbone  # noqa: F401  (registers DiNAT in mmdet and mmseg)
-from dinat_backbone.weights import CheckpointKeyError
-from dinat_backbone.weights.zoo import TASK_CHECKPOINTS
 from dinat_backbone.models import DiNAT
-from conftest import load_tool
+from dinat_backbone.weights import CheckpointKeyError
 from dinat_backbone.weights.task import (TaskCheckpointHook, add_task_checkpoint_hook,
                                          check_task_state_dict, convert_task_checkpoint,
                                          detect_task_layout)
+from dinat_backbone.weights.zoo import TASK_CHECKPOINTS
+
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 convert_checkpoint = load_tool('convert_checkpoint')

@@ -11,8 +11,8 @@ import textwrap
 import pytest
 import torch
 
-from conftest import (REPO_ROOT, TINY_SEG_CONFIG, assert_ok, free_port, load_tool, run_script,
-                      write_config)
+from helpers import (REPO_ROOT, TINY_SEG_CONFIG, assert_ok, free_port, load_tool, run_script,
+                     write_config)
 
 
 def _exit_message(main, argv) -> str:

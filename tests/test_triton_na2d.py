@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from conftest import load_tool
 from dinat_backbone.ops import na2d, select_backend
+
+from helpers import load_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
