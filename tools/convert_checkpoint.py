@@ -33,12 +33,17 @@ or segmentor (load_from=DST, or mmengine's init_cfg with prefix='backbone.'); th
 strips the prefix again, so both forms also work as init_cfg checkpoints.
 --keep-classifier keeps norm.*/head.* (reference names) for DiNATClassifier.
 
---task converts a whole COCO/ADE20K model instead, e.g. a published mmdet 2.x / mmseg 0.x file
-(SRC may be its model-zoo name, such as mask-rcnn_dinat-t_fpn_ms-crop-3x_coco), for
-mmdet 3.x / mmseg 1.x: no key changes between those versions, meta becomes dataset_meta, the
-mmcv 1.x optimizer state is dropped (see dinat_backbone/weights/task.py). With --config, every
-key and shape is checked against that config's model. Loading such a file with load_from or
-tools/test.py does the same conversion by itself; this is for shipping or inspecting one.
+--task converts a whole COCO/ADE20K/Cityscapes model instead, for mmdet 3.x / mmseg 1.x (SRC
+may be its model-zoo name, such as mask-rcnn_dinat-t_fpn_ms-crop-3x_coco or
+mask2former_dinat_large_coco_panoptic):
+  - a published mmdet 2.x / mmseg 0.x file: no key changes between those versions, meta becomes
+    dataset_meta, the mmcv 1.x optimizer state is dropped (see dinat_backbone/weights/task.py);
+  - a published detectron2 Mask2Former: the head's keys are renamed to mmdet's/mmseg's, the
+    classifier rows reordered where the class orders differ, criterion.* and the optimizer
+    state dropped (see dinat_backbone/weights/mask2former.py).
+With --config, every key and shape is checked against that config's model (and a Mask2Former of
+another task is refused). Loading such a file with load_from or tools/test.py does the same
+conversion by itself; this is for shipping or inspecting one.
 """
 
 
@@ -58,7 +63,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='keep the ImageNet classifier as norm.*/head.* (for DiNATClassifier)')
     parser.add_argument('--task', action='store_true',
                         help='SRC is a whole detector/segmentor (e.g. a published mmdet 2.x / '
-                             'mmseg 0.x model): convert it for mmdet 3.x / mmseg 1.x')
+                             'mmseg 0.x or detectron2 Mask2Former model): convert it for '
+                             'mmdet 3.x / mmseg 1.x')
     parser.add_argument('--config', default=None,
                         help='with --task: check every key and shape against this config\'s model')
     add_trust_checkpoint_flag(parser, 'SRC')
@@ -75,7 +81,7 @@ def convert_task(args: argparse.Namespace) -> int:
     """``--task``: convert a whole-model checkpoint (and check it against ``--config``)."""
     import dinat_backbone
     from dinat_backbone.weights import read_checkpoint
-    from dinat_backbone.weights.task import (OLD_LAYOUTS, check_task_state_dict,
+    from dinat_backbone.weights.task import (CONVERTED_LAYOUTS, check_task_state_dict,
                                              convert_task_checkpoint)
 
     state_dict, report = convert_task_checkpoint(read_checkpoint(args.src,
@@ -90,7 +96,7 @@ def convert_task(args: argparse.Namespace) -> int:
         with DefaultScope.overwrite_default_scope(cfg.default_scope):
             check_task_state_dict(state_dict, registry.build(cfg.model), report)
     meta = report.meta
-    if report.layout in OLD_LAYOUTS:
+    if report.layout in CONVERTED_LAYOUTS:
         meta['converted_from']['by'] = (f'dinat_backbone {dinat_backbone.__version__} '
                                         'tools/convert_checkpoint.py --task')
     os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)

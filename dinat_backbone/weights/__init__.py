@@ -4,7 +4,8 @@
   conversion to our parameter names; :mod:`.arch`: the variant a state dict holds;
 - :mod:`.keys`: the one strict key comparison behind every loader;
 - :mod:`.pretrained`: ImageNet weights into a backbone; :mod:`.task`: whole mmdet 2 / mmseg 0
-  task models on mmdet 3 / mmseg 1 (design notes: ``docs/task_checkpoints.md``);
+  and detectron2 Mask2Former (:mod:`.mask2former`) task models on mmdet 3 / mmseg 1 (design
+  notes: ``docs/task_checkpoints.md``);
 - :mod:`.zoo`: the published checkpoints; :mod:`.safe_loading`: reading files without running
   their code; :mod:`.mmengine_loaders`: mmengine's loaders routed through it.
 """

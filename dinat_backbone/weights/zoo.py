@@ -2,10 +2,10 @@
 
 Figures are those of the reference repository's model tables (SHI-Labs/
 Neighborhood-Attention-Transformer, ``classification/DiNAT.md``, ``detection/DiNAT.md``,
-``DiNAT.md``) and the paper. All weights are MIT-licensed. Older links used the host
-``shilab.cs.uoregon.edu`` with the same paths. The Hugging Face ports hold the same weights in the
-``transformers`` layout (``pytorch_model.bin`` on their main branch); :mod:`.checkpoint` reads
-both layouts.
+``DiNAT.md``, ``mask2former/README.md``) and the paper. All weights are MIT-licensed. Older
+links used the host ``shilab.cs.uoregon.edu`` with the same paths. The Hugging Face ports hold
+the same weights in the ``transformers`` layout (``pytorch_model.bin`` on their main branch);
+:mod:`.layouts` reads both layouts.
 
 Example:
     >>> get_checkpoint_url('dinat_mini.in1k')
@@ -58,9 +58,13 @@ class PretrainedCheckpoint:
 
 @dataclass(frozen=True)
 class TaskCheckpoint:
-    """A published COCO / ADE20K model (mmdet 2.x / mmseg 0.x format, whole detector/segmentor).
+    """A published COCO / ADE20K / Cityscapes model: a whole detector/segmentor in mmdet 2.x /
+    mmseg 0.x format, or a detectron2 Mask2Former (``method='Mask2Former'``; name
+    ``mask2former_dinat_large_{task}``, :data:`~.mask2former.TASKS`).
 
-    Box/mask AP on COCO val2017 (3x schedule) or single-/multi-scale mIoU on ADE20K val.
+    Box/mask AP on COCO val2017 (3x schedule) or single-/multi-scale mIoU on ADE20K val; for
+    Mask2Former, on the dataset's val split: PQ, mask AP and mIoU (single-scale) of the panoptic
+    models, mask AP of the instance models, multi-scale mIoU of the semantic models.
     """
     name: str
     arch: str
@@ -75,6 +79,7 @@ class TaskCheckpoint:
     mask_ap: Optional[float] = None
     miou: Optional[float] = None
     miou_ms: Optional[float] = None
+    pq: Optional[float] = None
     license: str = 'MIT'
 
 
@@ -159,6 +164,38 @@ _TASKS: List[TaskCheckpoint] = [
     # The repository's top-level DiNAT.md (and the paper) give 54.0 / 54.9 for the updated
     # Large checkpoint; segmentation/DiNAT.md still lists an earlier 53.5 / 54.6.
     _upernet('large', 238, 2335, 54.0, 54.9),
+]
+
+
+_DATASETS = {'coco': 'COCO', 'ade20k': 'ADE20K', 'cityscapes': 'Cityscapes'}
+
+
+def _mask2former(task, config, flops, pq=None, mask_ap=None, miou=None, miou_ms=None):
+    # task: '{dataset}_{panoptic,instance,semantic}'; semantic models are mmseg's
+    dataset, kind = task.split('_')
+    folder = 'segmentation' if kind == 'semantic' else 'detection'
+    name = f'mask2former_dinat_large_{task}'
+    return TaskCheckpoint(
+        name, 'large', 'Mask2Former', _DATASETS[dataset], f'{_ROOT}/m2f/{name}.pth',
+        f'configs/{folder}/mask2former/mask2former_dinat-l-in22k_{config}.py',
+        'dinat_large_k11.in22k', 220, flops, mask_ap=mask_ap, miou=miou, miou_ms=miou_ms, pq=pq)
+
+
+# Mask2Former (detectron2), DiNAT-L with 11x11 neighbourhoods: mask2former/README.md
+_TASKS += [
+    _mask2former('coco_panoptic', '16xb1-lsj-737.5k_coco-panoptic', 522, pq=58.5, mask_ap=49.2,
+                 miou=68.3),
+    _mask2former('coco_instance', '16xb1-lsj-737.5k_coco', 522, mask_ap=50.8),
+    _mask2former('ade20k_panoptic', '16xb1-160k_ade20k-panoptic-640x640', 535, pq=49.4,
+                 mask_ap=35.0, miou=56.3),
+    _mask2former('ade20k_instance', '16xb1-160k_ade20k-instance-640x640', 535, mask_ap=35.4),
+    _mask2former('ade20k_semantic', '8xb2-160k_ade20k-640x640', 518, miou_ms=58.1),
+    # mmdet 3.3 has no Cityscapes panoptic dataset: a model-only config (inference, no PQ)
+    _mask2former('cityscapes_panoptic', 'cityscapes-panoptic-inference', 522, pq=67.2,
+                 mask_ap=44.5, miou=83.4),
+    _mask2former('cityscapes_instance', '16xb1-90k_cityscapes-instance-512x1024', 522,
+                 mask_ap=45.1),
+    _mask2former('cityscapes_semantic', '8xb2-90k_cityscapes-512x1024', 509, miou_ms=84.5),
 ]
 TASK_CHECKPOINTS: Dict[str, TaskCheckpoint] = {c.name: c for c in _TASKS}
 
