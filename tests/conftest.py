@@ -1,13 +1,16 @@
-"""Shared fixtures: the synthetic sample datasets, the tiny mmseg/mmdet configs that use them and
-the demo model trained once per session. Plain helpers and constants are in helpers.py."""
+"""Shared fixtures: the synthetic sample datasets, the tiny mmseg/mmdet configs that use them,
+the demo model trained once per session and tiny checkpoints in the published layouts. Plain
+helpers and constants are in helpers.py and tiny_checkpoints.py."""
 import json
 import subprocess
+from pathlib import Path
 from typing import Callable, Dict
 
 import pytest
 
 from helpers import (SAMPLE_SEG_CONFIG, SAMPLE_TRAIN_ITERS, TINY_DET_CONFIG, TINY_SEG_CONFIG,
                      assert_ok, run_script, write_config)
+from tiny_checkpoints import write_hf_checkpoints, write_original_files
 
 
 @pytest.fixture(scope='session')
@@ -71,3 +74,18 @@ def trained_sample(sample_seg_config: str,
     return dict(work_dir=work_dir, config=sample_seg_config,
                 checkpoint=work_dir / f'iter_{SAMPLE_TRAIN_ITERS}.pth',
                 log=result.stdout + result.stderr, metrics=val)
+
+
+@pytest.fixture(scope='session')
+def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny checkpoints written by the real ``transformers`` classes, one folder per
+    ``tiny_checkpoints.HF_CASES`` entry."""
+    out = tmp_path_factory.mktemp('hf')
+    write_hf_checkpoints(out)
+    return out
+
+
+@pytest.fixture(scope='session')
+def original_files(hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    """The 'cls' weights of ``hf_dir`` in the original layout, stored in each published way."""
+    return write_original_files(hf_dir, tmp_path_factory.mktemp('original'))

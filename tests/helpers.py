@@ -3,17 +3,22 @@
 Imported as ``from helpers import ...``: pytest puts ``tests/`` on ``sys.path`` (its default
 ``prepend`` import mode, as for ``conftest.py``). The fixtures built on these live in conftest.py.
 """
+import contextlib
+import functools
+import http.server
 import importlib.util
 import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOLS = REPO_ROOT / 'tools'
+DATA_DIR = REPO_ROOT / 'tests' / 'data'  # its README.md says where each file comes from
 
 # The README demo's config (UPerNet + small DiNAT), pointed at this session's sample data.
 SAMPLE_SEG_CONFIG = REPO_ROOT / 'configs' / 'segmentation' / 'sample' / \
@@ -139,3 +144,21 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, (
         f'exit code {result.returncode}\n--- stdout ---\n{result.stdout[-4000:]}'
         f'\n--- stderr ---\n{result.stderr[-4000:]}')
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass  # keep request lines out of the test output
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    """An http server for ``directory`` on localhost; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f'http://127.0.0.1:{server.server_address[1]}'
+    finally:
+        server.shutdown()
+        server.server_close()

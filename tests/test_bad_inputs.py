@@ -22,6 +22,7 @@ from dinat_backbone.ops import na2d
 from dinat_backbone.weights import load_pretrained
 
 from helpers import REPO_ROOT, load_tool, run_script
+from tiny_checkpoints import shape_only_state
 
 TOOLS_DIR = REPO_ROOT / 'tools'
 export_onnx = load_tool('export_onnx')
@@ -188,13 +189,9 @@ def test_operator_takes_numpy_integers_like_python_ones():
 
 
 # --------------------------------------------------------------------------------- checkpoints
-def _shape_only_state(model: torch.nn.Module) -> dict:
-    return {k: torch.zeros(()).expand(v.shape) for k, v in model.state_dict().items()}
-
-
 def _small_checkpoint(tmp_path) -> str:
     with torch.device('meta'):  # shapes only: nothing is computed or allocated
-        state = _shape_only_state(DiNAT(arch='small'))
+        state = shape_only_state(DiNAT(arch='small'))
     torch.save(state, tmp_path / 'small.pth')
     return str(tmp_path / 'small.pth')
 

@@ -199,7 +199,7 @@ def test_non_dinat_config_and_unknown_arch_are_rejected(tmp_path):
         build_backbone(str(tmp_path / 'missing.py'))
 
 
-
+@pytest.mark.slow  # the session-trained demo model
 def test_trained_sample_checkpoint_gives_the_segmentors_own_backbone_features(
         trained_sample, sample_data_root, tmp_path):
     """The session's UPerNet-DiNAT trained on the sample (tests/conftest.py): given the sample

@@ -3,9 +3,8 @@ nothing: setup.cfg states ranges, and the exact pins live in constraints.txt onl
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT
 
 
 def test_install_into_the_pinned_environment_changes_nothing():

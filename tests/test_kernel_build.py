@@ -19,7 +19,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT
+
 KERNEL_SOURCE = REPO_ROOT / 'dinat_backbone' / 'ops' / 'csrc' / 'na2d_cpu.cpp'
 COMPILING = "compiling '"  # the progress line of a build
 

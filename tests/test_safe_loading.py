@@ -6,17 +6,12 @@ The malicious file is a valid DiNAT checkpoint plus one entry whose ``__reduce__
 ``os.system('touch MARKER')``: the marker file appearing is the proof that code ran.
 """
 import argparse
-import contextlib
-import functools
 import hashlib
-import http.server
 import os
 import pickle
 import shlex
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -32,7 +27,7 @@ from dinat_backbone.weights.safe_loading import (UnsafeCheckpointError, allowed_
                                                  download_checkpoint, load_checkpoint_file,
                                                  trust_checkpoints)
 
-from helpers import load_tool, run_script
+from helpers import load_tool, run_script, serve
 
 ARCH = dict(embed_dims=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], mlp_ratio=2.)
 DILATIONS = [[1], [2], [1, 2], [1]]
@@ -81,25 +76,6 @@ def assert_refused(error: BaseException, marker: Path) -> None:
     assert OFFENDER in message, message
     assert 'trusted=True' in message and '--trust-checkpoint' in message, message
     assert not marker.exists(), 'the payload ran'
-
-
-@contextlib.contextmanager
-def serve(directory: Path) -> Iterator[str]:
-    """An http server for ``directory`` on localhost; yields its base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f'http://127.0.0.1:{server.server_address[1]}'
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture

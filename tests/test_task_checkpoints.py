@@ -10,11 +10,10 @@ written from the old sources, not from our model: a key of our model that the ol
 name, or an old name our model lacks, fails; so do head widths that differ from the old code's
 formulas and the reference configs (checked at full size, on the meta device).
 """
+import contextlib
 import copy
 import functools
-import http.server
 import re
-import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List
@@ -34,9 +33,8 @@ from dinat_backbone.weights.task import (TaskCheckpointHook, add_task_checkpoint
                                          detect_task_layout)
 from dinat_backbone.weights.zoo import TASK_CHECKPOINTS
 
-from helpers import load_tool
+from helpers import REPO_ROOT, load_tool, serve
 
-ROOT = Path(__file__).resolve().parents[1]
 convert_checkpoint = load_tool('convert_checkpoint')
 
 
@@ -139,7 +137,7 @@ TINY_WIDTHS = [16, 32, 64, 128]
 
 @functools.lru_cache(maxsize=None)
 def _parsed(family: str) -> Config:
-    return Config.fromfile(str(ROOT / TASK_CHECKPOINTS[FAMILIES[family]].config))
+    return Config.fromfile(str(REPO_ROOT / TASK_CHECKPOINTS[FAMILIES[family]].config))
 
 
 def real_config(family: str) -> Config:
@@ -443,35 +441,26 @@ def _runner(cfg: Config, work_dir: Path, name: str, **settings):
     return Runner.from_cfg(Config.fromfile(str(path)))
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.mark.parametrize('family', sorted(FAMILIES))
 def test_load_from_in_a_config_gives_the_same_model(family, old_files, tmp_path):
     """``load_from`` (a URL for Mask R-CNN, a file otherwise) with the hook in the config."""
     cfg = tiny_config(family)
     add_task_checkpoint_hook(cfg)
-    load_from, server = str(old_files[family]), None
-    if family == 'mask_rcnn':
-        handler = functools.partial(_QuietHandler, directory=str(old_files[family].parent))
-        server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        load_from = f'http://127.0.0.1:{server.server_address[1]}/{old_files[family].name}'
+    served = (serve(old_files[family].parent) if family == 'mask_rcnn'
+              else contextlib.nullcontext())
     old_hub = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / 'hub'))
     try:
-        runner = _runner(cfg, tmp_path / 'run', family, load_from=load_from)
-        fresh = runner.model.state_dict()
-        assert not any(torch.equal(fresh[k], v) for k, v in _source(family).state_dict().items()
-                       if v.is_floating_point())
-        runner.load_or_resume()
+        with served as base:
+            load_from = f'{base}/{old_files[family].name}' if base else str(old_files[family])
+            runner = _runner(cfg, tmp_path / 'run', family, load_from=load_from)
+            fresh = runner.model.state_dict()
+            assert not any(torch.equal(fresh[k], v)
+                           for k, v in _source(family).state_dict().items()
+                           if v.is_floating_point())
+            runner.load_or_resume()
     finally:
         torch.hub.set_dir(old_hub)
-        if server is not None:
-            server.shutdown()
-            server.server_close()
     scope = cfg.default_scope
     assert_same_model(runner.model, _source(family), scope)
     log = next((tmp_path / 'run').glob('*/*.log')).read_text()
@@ -634,25 +623,3 @@ def test_convert_tool_names_what_does_not_fit(old_files, tmp_path):
     with pytest.raises(SystemExit):
         convert_checkpoint.main([str(old_files['upernet']), str(tmp_path / 'x.pth'),
                                  '--config', str(config)])
-
-
-# ---------------------------------------------------------------------------------------------
-# docs/model_zoo.md
-
-
-def test_model_zoo_doc_has_every_row_with_its_command():
-    text = (ROOT / 'docs' / 'model_zoo.md').read_text()
-    assert len(TASK_CHECKPOINTS) == 13
-    for entry in TASK_CHECKPOINTS.values():
-        assert (ROOT / entry.config).is_file(), entry.config
-        command = f'python tools/test.py {entry.config} \\\n    {entry.url}'
-        assert command + '\n' in text, entry.name
-        scores = (f'{entry.box_ap} | {entry.mask_ap}' if entry.dataset == 'COCO' else
-                  f'{entry.miou} | {entry.miou_ms}')
-        links = (f'[{Path(entry.config).name}](../{entry.config}) | '
-                 f'[{Path(entry.url).name}]({entry.url}) |')
-        assert f'| {scores} | {entry.params_m}M | {entry.flops_g}G | {links}' in text, entry.name
-        assert (command + ' --tta\n' in text) == (entry.dataset == 'ADE20K'), entry.name
-    for path in ('data/coco/', 'instances_val2017.json', 'val2017/',
-                 'data/ade/ADEChallengeData2016/', 'images/', 'annotations/', 'validation/'):
-        assert path in text

@@ -167,6 +167,7 @@ def test_train_resume_from_path(killed_seg_run, tiny_seg_config, run_tool, tmp_p
     assert (work_dir / 'iter_10.pth').is_file()
 
 
+@pytest.mark.slow  # the training run of its fixture
 def test_test_mmseg(killed_seg_run, tiny_seg_config, run_tool, tmp_path):
     _, killed_dir = killed_seg_run
     out, show = tmp_path / 'preds', tmp_path / 'show'
@@ -229,6 +230,7 @@ def test_train_mmdet(det_run):
     assert f'latest:      {work_dir / "iter_4.pth"}' in result.stdout
 
 
+@pytest.mark.slow  # the training run of its fixture
 def test_test_mmdet(det_run, tiny_det_config, tmp_path, run_tool):
     _, train_dir = det_run
     out = tmp_path / 'results.pkl'

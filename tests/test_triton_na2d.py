@@ -4,7 +4,6 @@ nothing runs on them), the package without Triton, and the GPU benchmark's CPU s
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +11,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from dinat_backbone.ops import na2d, select_backend
 
-from helpers import load_tool
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT, load_tool
 
 
 def run_python(args, interpret, timeout=600):

@@ -1,0 +1,69 @@
+"""The model zoo (``weights.zoo``): its tables (names, URLs, reported results, configs) and
+docs/model_zoo.md written from them."""
+from pathlib import Path
+
+import pytest
+
+from dinat_backbone.models import DiNAT
+from dinat_backbone.weights.zoo import (IMAGENET_CHECKPOINTS, TASK_CHECKPOINTS, get_checkpoint_url,
+                                        get_hf_url, get_pretrained, list_checkpoints,
+                                        resolve_checkpoint)
+
+from helpers import REPO_ROOT
+
+
+def test_model_zoo_tables():
+    assert get_checkpoint_url('dinat_mini.in1k') == \
+        'https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth'
+    assert resolve_checkpoint('dinat_tiny.in1k').endswith('/imagenet1k/dinat_tiny_in1k_224.pth')
+    assert resolve_checkpoint('/some/file.pth') == '/some/file.pth'
+    assert get_hf_url('dinat_base.in1k') == \
+        'https://huggingface.co/shi-labs/dinat-base-in1k-224/resolve/main/pytorch_model.bin'
+    with pytest.raises(KeyError):
+        get_checkpoint_url('dinat_huge.in1k')
+    with pytest.raises(KeyError, match='no Hugging Face port'):
+        get_hf_url('dinat_large.in22k')
+    assert [(c.arch, c.top1, c.params_m) for c in IMAGENET_CHECKPOINTS.values()][:4] == [
+        ('mini', 81.8, 20), ('tiny', 82.7, 28), ('small', 83.8, 51), ('base', 84.4, 90)]
+    assert get_pretrained('dinat_large_384.in22k_ft_in1k').top1 == 87.4
+    assert get_pretrained('dinat_large_384_k11.in22k_ft_in1k').kernel_size == 11
+    assert all(c.url.startswith('https://shi-labs.com/projects/dinat/checkpoints/')
+               and c.license == 'MIT' for c in list(IMAGENET_CHECKPOINTS.values())
+               + list(TASK_CHECKPOINTS.values()))
+    assert all(c.arch in DiNAT.arch_zoo for c in IMAGENET_CHECKPOINTS.values())
+
+    assert len(TASK_CHECKPOINTS) == 13 and len(list_checkpoints()) == 13 + len(
+        IMAGENET_CHECKPOINTS)
+    configs = sorted(c.config for c in TASK_CHECKPOINTS.values())
+    assert configs[:5] == [f'configs/detection/cascade-mask-rcnn_dinat-{a}_fpn_ms-crop-3x_coco.py'
+                           for a in 'blmst']
+    assert 'configs/segmentation/upernet_dinat-l_8xb2-160k_ade20k-640x640.py' in configs
+    assert 'configs/segmentation/upernet_dinat-t_8xb2-160k_ade20k-512x512.py' in configs
+    assert [c for c in configs if not (REPO_ROOT / c).is_file()] == []
+    results = {(c.method, c.arch): (c.box_ap, c.mask_ap, c.miou, c.miou_ms)
+               for c in TASK_CHECKPOINTS.values()}
+    assert results[('Mask R-CNN', 'small')] == (49.3, 44.0, None, None)
+    assert results[('Cascade Mask R-CNN', 'large')] == (55.3, 47.8, None, None)
+    assert results[('UPerNet', 'mini')] == (None, None, 45.8, 47.2)
+    assert results[('UPerNet', 'large')] == (None, None, 54.0, 54.9)
+    assert TASK_CHECKPOINTS['upernet_dinat-l_8xb2-160k_ade20k-640x640'].pretrained == \
+        'dinat_large.in22k'
+    assert all(c.pretrained in IMAGENET_CHECKPOINTS for c in TASK_CHECKPOINTS.values())
+
+
+def test_model_zoo_doc_has_every_row_with_its_command():
+    text = (REPO_ROOT / 'docs' / 'model_zoo.md').read_text()
+    assert len(TASK_CHECKPOINTS) == 13
+    for entry in TASK_CHECKPOINTS.values():
+        assert (REPO_ROOT / entry.config).is_file(), entry.config
+        command = f'python tools/test.py {entry.config} \\\n    {entry.url}'
+        assert command + '\n' in text, entry.name
+        scores = (f'{entry.box_ap} | {entry.mask_ap}' if entry.dataset == 'COCO' else
+                  f'{entry.miou} | {entry.miou_ms}')
+        links = (f'[{Path(entry.config).name}](../{entry.config}) | '
+                 f'[{Path(entry.url).name}]({entry.url}) |')
+        assert f'| {scores} | {entry.params_m}M | {entry.flops_g}G | {links}' in text, entry.name
+        assert (command + ' --tta\n' in text) == (entry.dataset == 'ADE20K'), entry.name
+    for path in ('data/coco/', 'instances_val2017.json', 'val2017/',
+                 'data/ade/ADEChallengeData2016/', 'images/', 'annotations/', 'validation/'):
+        assert path in text
