@@ -26,6 +26,27 @@ __all__ = [
 
 SCOPE_UTILS = {'mmdet': 'mmdet.utils', 'mmseg': 'mmseg.utils'}
 
+# ADE20K panoptic and instance annotations in COCO format, made beside the semantic ones.
+_ADE20K_COCO_FORMAT = """\
+ADE20K panoptic / instance, COCO format (what MMDetection's tools/misc/download_dataset.py
+--dataset-name ade20k_2016 fetches: ADEChallengeData2016.zip, annotations_instance.tar,
+imgCatIds.json, categoryMapping.txt; then its `tools/dataset_converters/ade20k2coco.py
+data/ade/ADEChallengeData2016` for panoptic and the same with `--task instance`; it needs
+panopticapi):
+    data/ade/ADEChallengeData2016/
+    |-- images/
+    |   |-- training/      *.jpg
+    |   `-- validation/    *.jpg
+    |-- annotations/               semantic PNGs and
+    |-- annotations_instance/      instance PNGs, read by the converter
+    |-- ade20k_panoptic_train.json
+    |-- ade20k_panoptic_train/     *.png
+    |-- ade20k_panoptic_val.json
+    |-- ade20k_panoptic_val/       *.png
+    |-- ade20k_instance_train.json
+    `-- ade20k_instance_val.json
+The config reads `ann_file` and `data_prefix` relative to `data_root`."""
+
 # Standard on-disk layouts, shown when a dataset is missing. Keyed by dataset type names.
 DATASET_LAYOUTS = {
     'CocoDataset': """\
@@ -48,6 +69,38 @@ ADE20K (ADEChallengeData2016.zip from http://sceneparsing.csail.mit.edu):
         `-- validation/    *.png
 The config reads `data_prefix.img_path` and `data_prefix.seg_map_path` relative to
 `data_root`.""",
+    'CocoPanopticDataset': """\
+COCO 2017 panoptic (https://cocodataset.org: 2017 train/val images, the panoptic annotations
+with their PNG archives unzipped, and instances_val2017.json for box/mask AP):
+    data/coco/
+    |-- annotations/
+    |   |-- panoptic_train2017.json
+    |   |-- panoptic_train2017/    *.png
+    |   |-- panoptic_val2017.json
+    |   |-- panoptic_val2017/      *.png
+    |   `-- instances_val2017.json
+    |-- train2017/    *.jpg
+    `-- val2017/      *.jpg
+The config reads `ann_file`, `data_prefix.img` and `data_prefix.seg` relative to `data_root`.""",
+    'CityscapesDataset': """\
+Cityscapes (leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from
+https://www.cityscapes-dataset.com), then, with `pip install cityscapesscripts`:
+MMSegmentation's `tools/dataset_converters/cityscapes.py data/cityscapes` (semantic:
+*_labelTrainIds.png) and MMDetection's `tools/dataset_converters/cityscapes.py data/cityscapes
+--out-dir data/cityscapes/annotations` (instance: COCO-format json):
+    data/cityscapes/
+    |-- leftImg8bit/
+    |   |-- train/<city>/  *_leftImg8bit.png
+    |   `-- val/<city>/    *_leftImg8bit.png
+    |-- gtFine/
+    |   |-- train/<city>/  *_gtFine_labelTrainIds.png, *_gtFine_instanceIds.png, ...
+    |   `-- val/<city>/
+    `-- annotations/
+        |-- instancesonly_filtered_gtFine_train.json
+        `-- instancesonly_filtered_gtFine_val.json
+The config reads `data_prefix` (and `ann_file` for instances) relative to `data_root`.""",
+    'ADE20KPanopticDataset': _ADE20K_COCO_FORMAT,
+    'ADE20KInstanceDataset': _ADE20K_COCO_FORMAT,
 }
 
 

@@ -34,6 +34,10 @@ DILATION_PRESETS: Dict[str, Tuple[Tuple[int, ...], ...]] = {
     # ADE20K UPerNet at 640x640 (Large); level 3 is listed block by block in the reference
     'ade20k-640': ((1, 20), (1, 5, 1, 10), (1, 2, 1, 3, 1, 4, 1, 5, 1, 2, 1, 3, 1, 4, 1, 5, 1, 5),
                    (1, 2)),
+    # Mask2Former (Large, kernel 11; every task and dataset of the reference); level 3 is listed
+    # block by block in the reference
+    'mask2former': ((1, 14), (1, 4, 1, 7), (1, 2, 1, 3, 1, 2, 1, 3, 1, 2, 1, 3, 1, 2, 1, 3, 1, 3),
+                    (1, )),
 }
 
 
