@@ -30,6 +30,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / 'configs'
 ALL_CONFIGS = sorted(
     str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob('*.py') if '_base_' not in p.parts)
+# Mask2Former configs have their own recipe tests (tests/test_mask2former_configs.py,
+# tests/test_mask2former_samples.py); test_config_loads still covers them here.
+MASK2FORMER_CONFIGS = [name for name in ALL_CONFIGS if 'mask2former' in name]
 
 IN1K = 'https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_{}_in1k_224.pth'
 IN22K_LARGE = ('https://shi-labs.com/projects/dinat/checkpoints/imagenet22k/'
@@ -114,9 +117,9 @@ def task_of(cfg: Config) -> str:
 # ---------------------------------------------------------------------------------- discovery
 def test_every_config_is_covered():
     listed = set(PAPER) | set(ALIASES) | set(SAMPLES)
-    assert set(ALL_CONFIGS) == listed, (
-        f'untested configs: {sorted(set(ALL_CONFIGS) - listed)}; '
-        f'missing configs: {sorted(listed - set(ALL_CONFIGS))}')
+    covered = set(ALL_CONFIGS) - set(MASK2FORMER_CONFIGS)
+    assert covered == listed, (f'untested configs: {sorted(covered - listed)}; '
+                               f'missing configs: {sorted(listed - covered)}')
 
 
 @pytest.mark.parametrize('name', ALL_CONFIGS)
@@ -142,6 +145,9 @@ def test_model_zoo_points_at_these_configs():
     from dinat_backbone.weights import zoo
     for entry in zoo.TASK_CHECKPOINTS.values():
         name = str(Path(entry.config).relative_to('configs'))
+        if entry.method == 'Mask2Former':
+            assert name in MASK2FORMER_CONFIGS, entry.config  # loaded in test_mask2former_weights
+            continue
         assert name in PAPER, entry.config
         cfg = load(name)
         assert cfg.model.backbone.init_cfg.checkpoint == zoo.get_pretrained(entry.pretrained).url

@@ -59,7 +59,6 @@ def test_help_explains_the_tool():
         assert text in result.stdout
 
 
-
 def test_unknown_arch_missing_config_and_wrong_codebase_fail_clearly(tmp_path, capsys):
     assert export_onnx.main(['nano']) == 1
     assert "'nano' is neither a config file" in capsys.readouterr().err
@@ -67,6 +66,7 @@ def test_unknown_arch_missing_config_and_wrong_codebase_fail_clearly(tmp_path, c
     assert 'Config file not found' in capsys.readouterr().err
     with pytest.raises(SystemExit, match='needs an mmseg config file'):
         export_onnx.main(['mini', '--model', 'segmentor'])
+
 
 def test_backbone_export_command(tmp_path, capsys):
     model = DiNAT(**BACKBONE, drop_path_rate=0.).eval()

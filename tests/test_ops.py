@@ -172,7 +172,8 @@ def test_gradcheck(backend):
 
 @pytest.mark.parametrize('backend', ['cpu', 'torch'])
 def test_matches_natten_0_17_5_outputs(backend):
-    """Six cases saved from NATTEN 0.17.5 (the last release with rpb), layout [B, heads, H, W, D]."""
+    """Six cases saved from NATTEN 0.17.5 (the last release with rpb), layout
+    [B, heads, H, W, D]."""
     cases = torch.load(DATA / 'natten_0.17.5_na2d_rpb.pt', weights_only=True)['cases']
     assert len(cases) == 6
     for case in cases:
@@ -190,7 +191,8 @@ def test_matches_natten_0_17_5_outputs(backend):
         torch.testing.assert_close(rpb.grad, case['grad_rpb'], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize('shape,kernel,dilation', [((2, 14, 15, 2, 8), 7, 2), ((1, 9, 13, 3, 16), 3, 3),
+@pytest.mark.parametrize('shape,kernel,dilation', [((2, 14, 15, 2, 8), 7, 2),
+                                                   ((1, 9, 13, 3, 16), 3, 3),
                                                    ((1, 11, 11, 1, 8), 5, 1)])
 def test_matches_natten_0_21_without_rpb(shape, kernel, dilation):
     """NATTEN 0.21's own na2d (its CPU reference path) on the shapes it accepts."""

@@ -131,7 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         raise SystemExit(f'Checkpoint file not found: {args.checkpoint!r} (give a local file '
                          'or a URL such as https://...).')
     cfg = load_config(args.config, args.cfg_options, args.launcher)
-    # Converts the published mmdet 2.x / mmseg 0.x models at load time; checks every key.
+    # Converts the published mmdet 2.x / mmseg 0.x and detectron2 Mask2Former models at load
+    # time; checks every key.
     from dinat_backbone.weights.task import add_task_checkpoint_hook
     add_task_checkpoint_hook(cfg)
     scope = cfg.default_scope

@@ -6,7 +6,7 @@ _base_ = [
     'mmdet::_base_/default_runtime.py'
 ]
 custom_imports = dict(imports=['dinat_backbone'], allow_failed_imports=False)
-# mmengine's CheckpointHook with saves that survive a kill (dinat_backbone/engine/checkpoint_hook.py)
+# mmengine's CheckpointHook with saves that survive a kill (dinat_backbone/engine/)
 default_hooks = dict(checkpoint=dict(type='CrashSafeCheckpointHook'))
 
 # augmentation strategy originates from DETR / Sparse RCNN

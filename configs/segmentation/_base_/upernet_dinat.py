@@ -8,7 +8,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py'
 ]
 custom_imports = dict(imports=['dinat_backbone'], allow_failed_imports=False)
-# mmengine's CheckpointHook with saves that survive a kill (dinat_backbone/engine/checkpoint_hook.py)
+# mmengine's CheckpointHook with saves that survive a kill (dinat_backbone/engine/)
 default_hooks = dict(checkpoint=dict(type='CrashSafeCheckpointHook'))
 
 crop_size = (512, 512)
