@@ -43,9 +43,10 @@ PY="$VENV/bin/python"
 PIP=("$PY" -m pip install --disable-pip-version-check -q -c "$CONSTRAINTS")
 
 stamp="$VENV/.dinat-setup-stamp"
-want_stamp=$(cat "$CONSTRAINTS" setup.cfg scripts/setup_env.sh | sha256sum | cut -c1-16)
+want_stamp=$(cat "$CONSTRAINTS" setup.cfg scripts/setup_env.sh third_party/panopticapi/pyproject.toml \
+  third_party/panopticapi/panopticapi/*.py | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ] \
-   && "$PY" -c 'import dinat_backbone, mmcv.ops, mmdet, mmseg' 2>/dev/null; then
+   && "$PY" -c 'import dinat_backbone, mmcv.ops, mmdet, mmseg, panopticapi.evaluation' 2>/dev/null; then
   step "environment up to date ($VENV)"
   exit 0
 fi
@@ -71,6 +72,9 @@ step "mmcv==$MMCV_VERSION from $mmcv_dir"
 step "natten==$NATTEN_VERSION (no CUDA library on CPU machines)"
 "${PIP[@]}" --no-build-isolation "natten==$NATTEN_VERSION" || fail "installing natten==$NATTEN_VERSION"
 
+step "panopticapi (vendored in third_party/: mmdet's COCO panoptic dataset and metric import it)"
+"${PIP[@]}" --no-build-isolation ./third_party/panopticapi || fail "installing third_party/panopticapi"
+
 step "dinat_backbone with the mmdet, mmseg and test extras (versions from constraints.txt)"
 "${PIP[@]}" --no-build-isolation -e ".[tests]" || fail "installing dinat_backbone"
 
@@ -80,6 +84,7 @@ step "compiling the CPU neighbourhood-attention kernels (once per source and too
 step "checking the installed stack"
 "$PY" - <<'PY' || fail "import check of the installed stack"
 import torch, mmcv, mmengine, mmdet, mmseg, natten
+import panopticapi.evaluation  # mmdet's COCO panoptic metric
 from mmcv.ops import nms, roi_align  # compiled ops must be present
 import dinat_backbone
 print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmengine {mmengine.__version__}, "

@@ -12,6 +12,8 @@ Layouts (exactly what ``mmseg``'s ``ADE20KDataset`` and ``mmdet``'s ``CocoDatase
     <root>/ade20k/annotations/{training,validation}/sample_XXXX.png
     <root>/coco/{train2017,val2017}/000000XXXXXX.jpg
     <root>/coco/annotations/instances_{train2017,val2017}.json
+    <root>/coco/annotations/panoptic_{train2017,val2017}.json
+    <root>/coco/annotations/panoptic_{train2017,val2017}/000000XXXXXX.png
 
 ADE20K convention: the PNG holds 0 for "other" (ignored with ``reduce_zero_label=True``) and
 ``index + 1`` for the class ``ADE20KDataset.METAINFO['classes'][index]``. The scenes use
@@ -21,11 +23,21 @@ COCO convention: real COCO category ids and names (:data:`COCO_SAMPLE_CATEGORIES
 ``metainfo=dict(classes=COCO_SAMPLE_CLASSES)`` in the dataset config. Instances are stored as
 polygons, every third one as compressed RLE; ``iscrowd`` is 0.
 
+COCO panoptic convention (what ``CocoPanopticDataset`` and ``CocoPanopticMetric`` read): the
+background of every COCO image is two stuff regions, a grey wall above a green lawn
+(:data:`COCO_PANOPTIC_STUFF_CATEGORIES`, real COCO panoptic ids). Each PNG stores segment ids
+as ``R + 256 * G + 256 ** 2 * B``; a thing segment's id is its instance annotation's id and its
+pixels are that annotation's mask, a stuff segment covers the rest of its region. The JSON has
+``segments_info`` (id, category_id, iscrowd 0, bbox, area) and the categories with ``isthing``
+(things first, as mmdet's panoptic labels expect); use
+``metainfo=dict(classes=COCO_PANOPTIC_SAMPLE_CLASSES, thing_classes=COCO_SAMPLE_CLASSES,
+stuff_classes=COCO_PANOPTIC_STUFF_CLASSES)``.
+
 Usage::
 
     from dinat_backbone.datasets.sample_data import ensure_sample_data
     paths = ensure_sample_data('data/sample')   # generates only what is missing
-    paths['ade20k'], paths['coco'], paths['coco_train_ann']
+    paths['ade20k'], paths['coco'], paths['coco_train_ann'], paths['coco_panoptic_val_ann']
 """
 import json
 import os
@@ -39,13 +51,14 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 __all__ = [
-    'ADE20K_SAMPLE_CLASSES', 'COCO_SAMPLE_CATEGORIES', 'COCO_SAMPLE_CLASSES',
+    'ADE20K_SAMPLE_CLASSES', 'COCO_PANOPTIC_SAMPLE_CLASSES', 'COCO_PANOPTIC_STUFF_CATEGORIES',
+    'COCO_PANOPTIC_STUFF_CLASSES', 'COCO_SAMPLE_CATEGORIES', 'COCO_SAMPLE_CLASSES',
     'SAMPLE_DATA_VERSION', 'generate_ade20k_sample', 'generate_coco_sample',
     'generate_sample_data', 'ensure_sample_data', 'sample_data_paths'
 ]
 
 # Bump when the generated content changes: ensure_sample_data() then regenerates old copies.
-SAMPLE_DATA_VERSION = '1'
+SAMPLE_DATA_VERSION = '2'  # 2: COCO backgrounds of two stuff regions, panoptic annotations
 _MARKER = 'SAMPLE_DATA_VERSION'
 _SEED = 20221014  # DiNAT's arXiv date; any fixed value works
 
@@ -68,6 +81,16 @@ COCO_SAMPLE_CATEGORIES: Tuple[Dict, ...] = (
 )
 COCO_SAMPLE_CLASSES: Tuple[str, ...] = tuple(c['name'] for c in COCO_SAMPLE_CATEGORIES)
 
+# COCO panoptic stuff categories (ids and names as in panoptic_coco_categories.json) painted as
+# the COCO images' background: wall above, grass below a slanted horizon.
+COCO_PANOPTIC_STUFF_CATEGORIES: Tuple[Dict, ...] = (
+    dict(id=193, name='grass-merged', supercategory='plant'),
+    dict(id=199, name='wall-other-merged', supercategory='wall'),
+)
+COCO_PANOPTIC_STUFF_CLASSES: Tuple[str, ...] = tuple(
+    c['name'] for c in COCO_PANOPTIC_STUFF_CATEGORIES)
+COCO_PANOPTIC_SAMPLE_CLASSES: Tuple[str, ...] = COCO_SAMPLE_CLASSES + COCO_PANOPTIC_STUFF_CLASSES
+
 _ADE_SPLITS = (('training', 32), ('validation', 8))
 _COCO_SPLITS = (('train2017', 24), ('val2017', 8))
 _JPEG = [int(cv2.IMWRITE_JPEG_QUALITY), 92]
@@ -81,7 +104,9 @@ def sample_data_paths(root: str) -> Dict[str, str]:
         ade20k=ade,
         coco=coco,
         coco_train_ann=osp.join(coco, 'annotations', 'instances_train2017.json'),
-        coco_val_ann=osp.join(coco, 'annotations', 'instances_val2017.json'))
+        coco_val_ann=osp.join(coco, 'annotations', 'instances_val2017.json'),
+        coco_panoptic_train_ann=osp.join(coco, 'annotations', 'panoptic_train2017.json'),
+        coco_panoptic_val_ann=osp.join(coco, 'annotations', 'panoptic_val2017.json'))
 
 
 # ----------------------------------------------------------------------------- drawing helpers
@@ -206,11 +231,33 @@ _COCO_STYLE = {  # category id -> (sides of the polygon, rotation, BGR colour)
 }
 
 
-def _coco_image(rng: np.random.Generator, image_id: int,
-                first_ann_id: int) -> Tuple[np.ndarray, List[Dict]]:
-    """One image with 1-4 non-overlapping instances and their COCO annotations."""
+# Stuff segments get the id category_id * 256**2 (the PNG's blue channel holds the category);
+# thing segments keep their instance annotation ids, which stay below 256**2.
+_STUFF_SEGMENT_ID = {c['name']: c['id'] * 256 ** 2 for c in COCO_PANOPTIC_STUFF_CATEGORIES}
+_GRASS_BGR = (60, 150, 70)
+
+
+def _coco_image(rng: np.random.Generator, stuff_rng: np.random.Generator, image_id: int,
+                first_ann_id: int) -> Tuple[np.ndarray, List[Dict], np.ndarray]:
+    """One image with 1-4 non-overlapping instances on a wall-above-grass background.
+
+    Returns the BGR image, its COCO instance annotations and its panoptic segment-id map.
+    ``stuff_rng`` draws only the background split, so the instances are the same as those of
+    sample version 1, whose background was all wall.
+    """
     h, w = int(rng.choice([96, 112, 128])), int(rng.choice([96, 112, 128]))
-    img = _texture(rng, h, w, _jitter(rng, (120, 130, 125), 30), spread=0.8)
+    # A grey wall (the jittered colour's mean keeps version 1's random draws), unlike the lawn.
+    grey = int(np.mean(_jitter(rng, (120, 130, 125), 30)))
+    img = _texture(rng, h, w, (grey, grey, grey), spread=0.8)
+    horizon = stuff_rng.uniform(0.4, 0.75) * h
+    slope = stuff_rng.uniform(-0.3, 0.3)
+    rows, cols = np.mgrid[0:h, 0:w]
+    grass = rows > horizon + slope * (cols - w / 2)
+    lawn = _texture(stuff_rng, h, w, _jitter(stuff_rng, _GRASS_BGR), spread=0.5)
+    img[grass] = lawn[grass]
+    segment_ids = np.where(grass, _STUFF_SEGMENT_ID['grass-merged'],
+                           _STUFF_SEGMENT_ID['wall-other-merged']).astype(np.uint32)
+
     anns, boxes = [], []
     for _ in range(int(rng.integers(1, 5))):
         for _attempt in range(20):  # rejection sampling keeps instances apart (no occlusion)
@@ -238,34 +285,72 @@ def _coco_image(rng: np.random.Generator, image_id: int,
         else:
             rle = mask_utils.merge(mask_utils.frPyObjects([poly.ravel().tolist()], h, w))
             segmentation = [[float(v) for v in poly.ravel()]]
+        # The panoptic thing segment is exactly the annotated mask.
+        segment_ids[mask_utils.decode(rle) > 0] = ann_id
         anns.append(dict(
             id=ann_id, image_id=image_id, category_id=cat, segmentation=segmentation,
             area=float(mask_utils.area(rle)),
             bbox=[round(float(v), 2) for v in mask_utils.toBbox(rle)], iscrowd=0))
-    return np.clip(img, 0, 255).astype(np.uint8), anns
+    return np.clip(img, 0, 255).astype(np.uint8), anns, segment_ids
+
+
+def _panoptic_segments(segment_ids: np.ndarray, anns: List[Dict]) -> List[Dict]:
+    """``segments_info`` of one image: things in annotation order, then the stuff present."""
+    category = {ann['id']: ann['category_id'] for ann in anns}
+    category.update({_STUFF_SEGMENT_ID[c['name']]: c['id'] for c in COCO_PANOPTIC_STUFF_CATEGORIES})
+    segments = []
+    for segment_id, category_id in category.items():
+        ys, xs = np.nonzero(segment_ids == segment_id)
+        if len(ys) == 0:  # a stuff region hidden by things, or a mask too thin to rasterise
+            continue
+        x0, y0 = int(xs.min()), int(ys.min())
+        segments.append(dict(
+            id=int(segment_id), category_id=category_id, iscrowd=0, area=int(len(ys)),
+            bbox=[x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]))
+    return segments
+
+
+def _panoptic_png(segment_ids: np.ndarray) -> bytes:
+    """COCO panoptic PNG: id = R + 256 * G + 256**2 * B (OpenCV writes BGR order)."""
+    rgb = np.stack([(segment_ids >> shift) & 255 for shift in (0, 8, 16)], axis=-1)
+    return _encode('.png', rgb[..., ::-1].astype(np.uint8))
 
 
 def generate_coco_sample(out_dir: str, seed: int = _SEED) -> None:
-    """Write the COCO-layout sample (24 train2017, 8 val2017 images) into ``out_dir``."""
+    """Write the COCO-layout sample (24 train2017, 8 val2017 images) into ``out_dir``: the
+    images, their instance annotations and their panoptic annotations."""
+    info = dict(description='dinat-backbone synthetic COCO-format sample',
+                version=SAMPLE_DATA_VERSION, year=2022)
+    licenses = [dict(id=1, name='CC0 1.0', url='')]
+    panoptic_categories = (
+        [dict(c, isthing=1) for c in COCO_SAMPLE_CATEGORIES]
+        + [dict(c, isthing=0) for c in COCO_PANOPTIC_STUFF_CATEGORIES])
     for split_idx, (split, count) in enumerate(_COCO_SPLITS):
         rng = np.random.default_rng([seed, 1, split_idx])
-        images, annotations = [], []
+        stuff_rng = np.random.default_rng([seed, 2, split_idx])
+        images, annotations, panoptic = [], [], []
         for i in range(count):
             image_id = split_idx * 1000 + i + 1
-            img, anns = _coco_image(rng, image_id, first_ann_id=len(annotations) + 1)
+            img, anns, segment_ids = _coco_image(
+                rng, stuff_rng, image_id, first_ann_id=len(annotations) + 1)
             file_name = f'{image_id:012d}.jpg'
             _write(osp.join(out_dir, split, file_name), _encode('.jpg', img, _JPEG))
+            png_name = file_name.replace('.jpg', '.png')
+            _write(osp.join(out_dir, 'annotations', f'panoptic_{split}', png_name),
+                   _panoptic_png(segment_ids))
             images.append(dict(id=image_id, file_name=file_name, height=img.shape[0],
                                width=img.shape[1], license=1))
             annotations.extend(anns)
-        coco = dict(
-            info=dict(description='dinat-backbone synthetic COCO-format sample',
-                      version=SAMPLE_DATA_VERSION, year=2022),
-            licenses=[dict(id=1, name='CC0 1.0', url='')],
-            images=images, annotations=annotations,
-            categories=[dict(c) for c in COCO_SAMPLE_CATEGORIES])
+            panoptic.append(dict(image_id=image_id, file_name=png_name,
+                                 segments_info=_panoptic_segments(segment_ids, anns)))
+        instances = dict(info=info, licenses=licenses, images=images, annotations=annotations,
+                         categories=[dict(c) for c in COCO_SAMPLE_CATEGORIES])
         _write(osp.join(out_dir, 'annotations', f'instances_{split}.json'),
-               json.dumps(coco, indent=1).encode('utf-8'))
+               json.dumps(instances, indent=1).encode('utf-8'))
+        panoptic_json = dict(info=info, licenses=licenses, images=images, annotations=panoptic,
+                             categories=panoptic_categories)
+        _write(osp.join(out_dir, 'annotations', f'panoptic_{split}.json'),
+               json.dumps(panoptic_json, indent=1).encode('utf-8'))
 
 
 # ---------------------------------------------------------------------------------- top level
