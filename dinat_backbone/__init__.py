@@ -16,12 +16,16 @@ missing.
 import warnings
 from typing import Any
 
+from . import _moved
 from .ops import na2d
 
 # mmengine re-imports pkg_resources (importlib.reload) on every `mmdet::`/`mmseg::` base-config
 # lookup, and setuptools warns about its deprecation each time: silence only that message.
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
                         category=UserWarning)
+
+# Module paths of the flat layout (e.g. dinat_backbone.features) still import, with a warning.
+_moved.install(__name__)
 
 __version__ = '0.1.0'
 __all__ = ['DiNAT', 'dilation_preset', 'na2d', '__version__']

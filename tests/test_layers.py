@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from dinat_backbone._moved import MOVED_MODULES
+
 OPENMMLAB = ('mmcv', 'mmengine', 'mmdet', 'mmseg')
 TOOLBOXES = ('mmdet', 'mmseg')
 
@@ -58,3 +60,23 @@ def test_import_registers_with_each_installed_toolbox(scope):
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == 'True'
+
+
+def test_module_paths_of_the_flat_layout_still_import():
+    script = textwrap.dedent("""
+        import importlib
+        from dinat_backbone._moved import MOVED_MODULES
+        for old, new in MOVED_MODULES.items():
+            module = importlib.import_module(f'dinat_backbone.{old}')
+            real = importlib.import_module(f'dinat_backbone.{new}')
+            assert module is real and real.__spec__.name == real.__name__, old
+        from dinat_backbone.features import FeatureExtractor
+        from dinat_backbone.apis.features import FeatureExtractor as Same
+        assert FeatureExtractor is Same
+        print('ok')
+    """)
+    result = subprocess.run([sys.executable, '-W', 'always::FutureWarning', '-c', script],
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == 'ok', result.stderr
+    assert 'dinat_backbone.features moved to dinat_backbone.apis.features' in result.stderr
+    assert result.stderr.count('FutureWarning') == len(MOVED_MODULES)
