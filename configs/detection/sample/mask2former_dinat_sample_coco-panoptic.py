@@ -6,7 +6,10 @@
 # what costs CPU time: no large-scale jittering to 1024 px (one tiny-DiNAT step took 62 s with
 # that pad), 20 queries, 3 decoder layers, 1024 sampled points, 64-wide heads, 128 px images.
 # Deformable attention runs through mmcv's PyTorch fallback on CPU.
-_base_ = ['../mask2former/mask2former_dinat-l-in22k_16xb1-lsj-737.5k_coco-panoptic.py']
+_base_ = [
+    '../mask2former/mask2former_dinat-l-in22k_16xb1-lsj-737.5k_coco-panoptic.py',
+    '../../_base_/mask2former_dinat_sample.py'
+]
 
 data_root = 'data/sample/coco/'
 # Things first, then stuff: mmdet's panoptic labels are 0..2 things, 3..4 stuff (the JSON lists
@@ -19,40 +22,20 @@ num_things_classes = len(thing_classes)
 num_stuff_classes = len(stuff_classes)
 num_classes = num_things_classes + num_stuff_classes
 image_size = (128, 128)
-embed_dims = 64
 
 model = dict(
     data_preprocessor=dict(batch_augments=None),  # images are padded to a multiple of 32 only
     backbone=dict(
-        arch=dict(
-            _delete_=True, embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
-            mlp_ratio=2.),
+        arch={{_base_.sample_dinat_arch}},
         # 128 px images give 32, 16, 8 and 4 px levels: dilations 4 and 2 fit a 3x3 kernel.
         kernel_size=3,
         dilations=[[1, 4], [1, 2], [1, 2], [1, 1]],
         drop_path_rate=0.1,
         init_cfg=None),  # from scratch: no download
     panoptic_head=dict(
-        in_channels=[32, 64, 128, 256],
-        feat_channels=embed_dims,
-        out_channels=embed_dims,
+        **_base_.sample_mask2former_head,  # the small head, with this sample's classes
         num_things_classes=num_things_classes,
         num_stuff_classes=num_stuff_classes,
-        num_queries=20,
-        pixel_decoder=dict(
-            encoder=dict(
-                num_layers=2,
-                layer_cfg=dict(
-                    self_attn_cfg=dict(embed_dims=embed_dims, num_heads=4),
-                    ffn_cfg=dict(embed_dims=embed_dims, feedforward_channels=4 * embed_dims))),
-            positional_encoding=dict(num_feats=embed_dims // 2)),
-        positional_encoding=dict(num_feats=embed_dims // 2),
-        transformer_decoder=dict(
-            num_layers=3,
-            layer_cfg=dict(
-                self_attn_cfg=dict(embed_dims=embed_dims, num_heads=4),
-                cross_attn_cfg=dict(embed_dims=embed_dims, num_heads=4),
-                ffn_cfg=dict(embed_dims=embed_dims, feedforward_channels=4 * embed_dims))),
         loss_cls=dict(class_weight=[1.0] * num_classes + [0.1])),
     panoptic_fusion_head=dict(
         num_things_classes=num_things_classes, num_stuff_classes=num_stuff_classes),

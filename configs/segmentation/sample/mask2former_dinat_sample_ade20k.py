@@ -5,18 +5,18 @@
 # 20 queries, 3 decoder layers, 1024 sampled points, 64-wide heads. The 150-class ADE20K label
 # convention (reduce_zero_label) is kept. Deformable attention runs through mmcv's PyTorch
 # fallback on CPU.
-_base_ = ['../mask2former/mask2former_dinat-l-in22k_8xb2-160k_ade20k-640x640.py']
+_base_ = [
+    '../mask2former/mask2former_dinat-l-in22k_8xb2-160k_ade20k-640x640.py',
+    '../../_base_/mask2former_dinat_sample.py'
+]
 
 data_root = 'data/sample/ade20k'
 crop_size = (64, 64)
-embed_dims = 64
 
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
-        arch=dict(
-            _delete_=True, embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
-            mlp_ratio=2.),
+        arch={{_base_.sample_dinat_arch}},
         # At a 64 px crop the levels are 16, 8, 4 and 2 px wide: a 3x3 neighbourhood with
         # dilation 4 (level 0) and 2 (level 1) is a real sparse-global attention that fits.
         kernel_size=3,
@@ -24,24 +24,7 @@ model = dict(
         drop_path_rate=0.1,
         init_cfg=None),  # from scratch: no download
     decode_head=dict(
-        in_channels=[32, 64, 128, 256],
-        feat_channels=embed_dims,
-        out_channels=embed_dims,
-        num_queries=20,
-        pixel_decoder=dict(
-            encoder=dict(
-                num_layers=2,
-                layer_cfg=dict(
-                    self_attn_cfg=dict(embed_dims=embed_dims, num_heads=4),
-                    ffn_cfg=dict(embed_dims=embed_dims, feedforward_channels=4 * embed_dims))),
-            positional_encoding=dict(num_feats=embed_dims // 2)),
-        positional_encoding=dict(num_feats=embed_dims // 2),
-        transformer_decoder=dict(
-            num_layers=3,
-            layer_cfg=dict(
-                self_attn_cfg=dict(embed_dims=embed_dims, num_heads=4),
-                cross_attn_cfg=dict(embed_dims=embed_dims, num_heads=4),
-                ffn_cfg=dict(embed_dims=embed_dims, feedforward_channels=4 * embed_dims))),
+        **_base_.sample_mask2former_head,  # the small head, sampling 1024 points
         train_cfg=dict(num_points=1024)))
 
 train_pipeline = [
