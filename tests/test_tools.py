@@ -88,9 +88,11 @@ def test_sample_data_cli(run_tool, tmp_path, capsys):
     usage = capsys.readouterr().out
     assert '--out' in usage and 'data/sample' in usage
     assert 'reduce_zero_label' in usage and 'instances_' in usage and 'kite' in usage
+    assert 'panoptic_' in usage and 'grass-merged' in usage
     result = run_tool('make_sample_data.py', ['--out', str(tmp_path / 's')], timeout=120)
     assert_ok(result)
     assert (tmp_path / 's' / 'coco' / 'annotations' / 'instances_val2017.json').is_file()
+    assert (tmp_path / 's' / 'coco' / 'annotations' / 'panoptic_val2017.json').is_file()
     assert len(list((tmp_path / 's' / 'ade20k' / 'images' / 'training').glob('*.jpg'))) == 32
 
 
