@@ -1,14 +1,12 @@
 """The DiNAT backbone: reference parity, shapes, padding, freezing, checkpointing, errors."""
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dinat_backbone.models import DiNAT, NeighborhoodAttention2D, dilation_preset
+from helpers import DATA_DIR
 from na_oracle import oracle
 
-DATA = Path(__file__).parent / 'data'
 TINY_ARCH = dict(embed_dims=16, depths=[1, 2, 2, 1], num_heads=[1, 2, 2, 4], mlp_ratio=2.)
 TINY_DILATIONS = [[1], [1, 2], [2, 1], [1]]
 
@@ -25,7 +23,7 @@ def tiny_dinat(**kwargs) -> DiNAT:
 @pytest.fixture(scope='module')
 def reference():
     """A small DiNAT run by the original SHI-Labs code (see tests/data/README.md)."""
-    return torch.load(DATA / 'reference_dinat_small_random.pt', weights_only=True)
+    return torch.load(DATA_DIR / 'reference_dinat_small_random.pt', weights_only=True)
 
 
 def reference_backbone(reference) -> DiNAT:

@@ -6,16 +6,14 @@ import os
 import subprocess
 import sys
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
 
 from dinat_backbone.ops import na2d, na2d_cpu, na2d_gather, na2d_tiled, select_backend
 from dinat_backbone.ops.cpu_kernels import cpu_kernels
+from helpers import DATA_DIR
 from na_oracle import neighbours, oracle
-
-DATA = Path(__file__).parent / 'data'
 
 
 def random_case(shape, kernel, dtype=torch.float64, seed=0, with_rpb=True):
@@ -174,7 +172,7 @@ def test_gradcheck(backend):
 def test_matches_natten_0_17_5_outputs(backend):
     """Six cases saved from NATTEN 0.17.5 (the last release with rpb), layout
     [B, heads, H, W, D]."""
-    cases = torch.load(DATA / 'natten_0.17.5_na2d_rpb.pt', weights_only=True)['cases']
+    cases = torch.load(DATA_DIR / 'natten_0.17.5_na2d_rpb.pt', weights_only=True)['cases']
     assert len(cases) == 6
     for case in cases:
         kernel, dilation = int(case['kernel_size']), int(case['dilation'])
