@@ -24,6 +24,7 @@ from mmengine.config import Config, ConfigDict
 from mmengine.registry import DefaultScope
 
 import dinat_backbone  # noqa: F401  (registers DiNAT in mmdet and mmseg)
+from dinat_backbone.engine.runner import sync_bn_to_bn
 from dinat_backbone.models import DiNAT, dilation_preset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -287,17 +288,6 @@ TINY_DILATIONS = [[1], [1, 2], [2, 1], [1]]
 TINY_WIDTHS = [16, 32, 64, 128]
 
 
-def _sync_bn_to_bn(node) -> None:
-    if isinstance(node, dict):
-        if node.get('type') in ('SyncBN', 'MMSyncBN'):
-            node['type'] = 'BN'
-        for value in node.values():
-            _sync_bn_to_bn(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            _sync_bn_to_bn(value)
-
-
 def _set_all(node, key: str, value) -> None:
     """Set ``key`` in every dict of ``node`` (a dict or a list of dicts)."""
     for item in node if isinstance(node, (list, tuple)) else [node]:
@@ -313,7 +303,7 @@ def shrink(cfg: Config) -> ConfigDict:
     if isinstance(backbone.arch, str) and 'layer_scale' in DiNAT.arch_zoo[backbone.arch]:
         arch['layer_scale'] = DiNAT.arch_zoo[backbone.arch]['layer_scale']
     backbone.update(arch=arch, kernel_size=3, dilations=TINY_DILATIONS, init_cfg=None)
-    _sync_bn_to_bn(model)
+    sync_bn_to_bn(model)
     if cfg.default_scope == 'mmseg':
         model.data_preprocessor.size = (64, 64)
         model.decode_head.update(in_channels=TINY_WIDTHS, channels=16)
@@ -443,7 +433,7 @@ def test_full_size_model_has_the_published_size(name):
     """The unshrunk model builds (no weights loaded) with the published parameter count."""
     cfg = load(name)
     cfg.model.backbone.init_cfg = None
-    _sync_bn_to_bn(cfg.model)
+    sync_bn_to_bn(cfg.model)
     model = build_model(cfg, cfg.model, init=False)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     assert abs(params_m - PAPER[name]['params_m']) < 0.6, f'{params_m:.2f}M'

@@ -26,6 +26,7 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 import dinat_backbone  # noqa: F401  (registers DiNAT in mmdet and mmseg)
+from dinat_backbone.engine.runner import sync_bn_to_bn
 from dinat_backbone.models import DiNAT
 from dinat_backbone.weights import CheckpointKeyError
 from dinat_backbone.weights.task import (TaskCheckpointHook, add_task_checkpoint_hook,
@@ -144,17 +145,6 @@ def real_config(family: str) -> Config:
     return copy.deepcopy(_parsed(family))
 
 
-def _sync_bn_to_bn(node) -> None:
-    if isinstance(node, dict):
-        if node.get('type') == 'SyncBN':
-            node['type'] = 'BN'
-        for value in node.values():
-            _sync_bn_to_bn(value)
-    elif isinstance(node, list):
-        for value in node:
-            _sync_bn_to_bn(value)
-
-
 def _each(node) -> list:
     return node if isinstance(node, list) else [node]
 
@@ -171,7 +161,7 @@ def tiny_config(family: str, data_root: str = 'unused') -> Config:
         arch['layer_scale'] = layer_scale
     model.backbone.update(arch=arch, kernel_size=3, dilations=TINY_DILATIONS, init_cfg=None,
                           drop_path_rate=0.)
-    _sync_bn_to_bn(model)
+    sync_bn_to_bn(model)
     for key in ('train_pipeline', 'train_dataloader', 'train_cfg', 'val_dataloader',
                 'val_evaluator', 'val_cfg', 'test_pipeline', 'optim_wrapper', 'param_scheduler',
                 'auto_scale_lr'):

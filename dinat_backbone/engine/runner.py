@@ -21,7 +21,7 @@ from .cli import check_writable_dir
 __all__ = [
     'DATASET_LAYOUTS', 'add_common_args', 'build_runner', 'check_dataset_paths', 'import_codebase',
     'load_config', 'loading_checkpoints', 'parse_with_local_rank', 'set_work_dir',
-    'setup_distributed'
+    'setup_distributed', 'sync_bn_to_bn'
 ]
 
 SCOPE_UTILS = {'mmdet': 'mmdet.utils', 'mmseg': 'mmseg.utils'}
@@ -265,7 +265,7 @@ def check_dataset_paths(cfg: Config, loaders: Sequence[str]) -> None:
 
 
 # ----------------------------------------------------------------------- CPU-only distributed
-def _sync_bn_to_bn(node: Any) -> int:
+def sync_bn_to_bn(node: Any) -> int:
     """Replace SyncBN norm configs by BN in place; returns how many were replaced."""
     count = 0
     if isinstance(node, dict):
@@ -273,10 +273,10 @@ def _sync_bn_to_bn(node: Any) -> int:
             node['type'] = 'BN'
             count += 1
         for value in node.values():
-            count += _sync_bn_to_bn(value)
+            count += sync_bn_to_bn(value)
     elif isinstance(node, (list, tuple)):
         for value in node:
-            count += _sync_bn_to_bn(value)
+            count += sync_bn_to_bn(value)
     return count
 
 
@@ -325,7 +325,7 @@ def setup_distributed(cfg: Config, launcher: str) -> None:
         wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
     cfg.model_wrapper_cfg = wrapper
 
-    if _sync_bn_to_bn(cfg.model):
+    if sync_bn_to_bn(cfg.model):
         print_log('No CUDA: SyncBN layers replaced by BN (statistics per process); SyncBN '
                   'has no CPU implementation.', logger='current', level=logging.WARNING)
     cfg.pop('sync_bn', None)
