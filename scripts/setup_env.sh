@@ -61,13 +61,21 @@ if ! ls "$mmcv_dir"/mmcv-*.whl >/dev/null 2>&1; then
   step "building mmcv==$MMCV_VERSION with ops (once per machine, 20-40 min on 2 cores) into $mmcv_dir"
   mkdir -p "$mmcv_dir.tmp"
   "$PY" -m pip install --disable-pip-version-check -q "$MMCV_BUILD_SETUPTOOLS" 2>/dev/null || fail "installing $MMCV_BUILD_SETUPTOOLS for the mmcv build"
+  # --no-cache-dir: pip would also keep the build in its own shared wheel cache, under a name
+  # without the torch version, and reuse it for any later `pip install mmcv` of another torch
+  # (mmcv.ops then fails to import). The build lives in $mmcv_dir only, keyed by torch.
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} FORCE_CUDA=0 \
-    "$PY" -m pip wheel --disable-pip-version-check --no-build-isolation --no-deps \
+    "$PY" -m pip wheel --disable-pip-version-check --no-cache-dir --no-build-isolation --no-deps \
     -w "$mmcv_dir.tmp" "mmcv==$MMCV_VERSION" || fail "building mmcv==$MMCV_VERSION (see the compiler output above)"
   rm -rf "$mmcv_dir" && mv "$mmcv_dir.tmp" "$mmcv_dir"
 fi
 step "mmcv==$MMCV_VERSION from $mmcv_dir"
 "${PIP[@]}" "$mmcv_dir"/mmcv-*.whl || fail "installing the cached mmcv wheel"
+
+# Always, also after an interrupted build: the packages below need today's setuptools (the
+# vendored panopticapi declares an SPDX licence string, which needs setuptools >= 77).
+step "setuptools as constraints.txt pins it (the mmcv build needed an older one)"
+"${PIP[@]}" setuptools || fail "restoring setuptools from constraints.txt"
 
 step "natten==$NATTEN_VERSION (no CUDA library on CPU machines)"
 "${PIP[@]}" --no-build-isolation "natten==$NATTEN_VERSION" || fail "installing natten==$NATTEN_VERSION"
@@ -89,6 +97,25 @@ from mmcv.ops import nms, roi_align  # compiled ops must be present
 import dinat_backbone
 print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmengine {mmengine.__version__}, "
       f"mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, natten {natten.__version__}")
+PY
+step "checking that the environment is exactly constraints.txt (pip check, every version pinned)"
+"$PY" -m pip check --disable-pip-version-check || fail "pip check"
+"$PY" - "$CONSTRAINTS" <<'PY' || fail "comparing the installed packages with constraints.txt"
+import re, sys
+from importlib.metadata import distributions
+norm = lambda name: re.sub(r'[-_.]+', '-', name).lower()
+pins = {}
+for line in open(sys.argv[1]):
+    line = line.split('#')[0].strip()
+    if line:
+        name, version = line.split('==')
+        pins[norm(name)] = version
+own = {'pip', 'dinat-backbone'}  # the venv's installer and this project
+off = sorted(f'{d.metadata["Name"]}=={d.version} (constraints.txt: {pins.get(norm(d.metadata["Name"]), "not listed")})'
+             for d in distributions() if norm(d.metadata['Name']) not in own
+             and pins.get(norm(d.metadata['Name'])) != d.version.split('+')[0])
+if off:
+    sys.exit('not as constraints.txt pins them: ' + ', '.join(off))
 PY
 echo "$want_stamp" > "$stamp"
 step "done: activate with 'source $VENV/bin/activate'"
