@@ -2,19 +2,15 @@
 
 The package is layered so that each part needs only what it uses:
 
-- ``dinat_backbone.ops`` (the DiNA operator) needs torch alone;
-- ``dinat_backbone.models`` (``DiNAT``, the classifier) needs torch, mmengine and mmcv;
+- ``dinat_backbone.ops`` (the DiNA operator) and ``dinat_backbone.models`` (``DiNAT``, the
+  classifier) need torch alone; with mmcv/mmengine installed the models take any norm and
+  activation config their registries know and honour ``init_cfg`` (:mod:`._openmmlab`);
 - ``import dinat_backbone`` in an OpenMMLab environment also registers ``DiNAT`` with mmdet's
   and mmseg's model registries (whichever are installed), our hooks, and mmengine's checkpoint
   loaders (:mod:`dinat_backbone.weights.mmengine_loaders`). Configs load it with
   ``custom_imports = dict(imports=['dinat_backbone'], allow_failed_imports=False)``.
-
-Without mmengine/mmcv the root import still succeeds (so ``dinat_backbone.ops`` can be used on
-a machine with torch only); asking it for a model then raises an ImportError naming what is
-missing.
 """
 import warnings
-from typing import Any
 
 from . import _moved
 from .ops import na2d
@@ -27,28 +23,17 @@ warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API
 # Module paths of the flat layout (e.g. dinat_backbone.features) still import, with a warning.
 _moved.install(__name__)
 
+# After the filter: importing mmengine may import pkg_resources.
+from ._openmmlab import HAS_OPENMMLAB  # noqa: E402
+from .models import DiNAT, dilation_preset  # noqa: E402
+
 __version__ = '0.1.0'
 __all__ = ['DiNAT', 'dilation_preset', 'na2d', '__version__']
 
-try:
-    import mmcv  # noqa: F401
-    import mmengine  # noqa: F401
-except ImportError as err:
-    _OPENMMLAB_MISSING = err
-else:
-    _OPENMMLAB_MISSING = None
+if HAS_OPENMMLAB:
     from .engine import checkpoint_hook  # noqa: F401  (registers CrashSafeCheckpointHook)
     from .weights import mmengine_loaders  # noqa: F401  (routes mmengine's loaders)
     from .weights import task  # noqa: F401  (registers TaskCheckpointHook)
-    from .models import DiNAT, dilation_preset
     from .registry import register_all
 
     register_all()
-
-
-def __getattr__(name: str) -> Any:
-    if name in ('DiNAT', 'dilation_preset') and _OPENMMLAB_MISSING is not None:
-        raise ImportError(f'dinat_backbone.{name} needs mmengine and mmcv '
-                          f'({_OPENMMLAB_MISSING}); only dinat_backbone.ops works with torch '
-                          'alone.') from _OPENMMLAB_MISSING
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -22,19 +22,42 @@ def run_blocked(blocked, body: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_ops_run_with_torch_alone():
+def test_ops_and_models_run_with_torch_alone():
+    """The GPU benchmark's machine has torch and no OpenMMLab: the operator runs, and DiNAT
+    builds, loads its own state dict and trains a step with the torch-only stand-ins."""
     result = run_blocked(OPENMMLAB, """
         import torch
         import dinat_backbone
+        from dinat_backbone.models import DiNAT
         from dinat_backbone.ops import na2d
         q, k, v = torch.randn(3, 1, 9, 10, 2, 8, dtype=torch.float64).unbind(0)
         rpb = torch.randn(2, 5, 5, dtype=torch.float64)
         out = na2d(q, k, v, kernel_size=3, dilation=(2, 3), rpb=rpb, backend='torch')
         print(tuple(out.shape))
-        dinat_backbone.DiNAT  # a model needs the OpenMMLab layer: a clear ImportError
+        arch = dict(embed_dims=16, depths=[1, 2, 1, 1], num_heads=[1, 1, 2, 2], mlp_ratio=2.0)
+        model = DiNAT(arch=arch, kernel_size=3, dilations=[[1], [1, 2], [1], [1]],
+                      drop_path_rate=0.5)
+        model.init_weights()
+        model.train()
+        outs = model(torch.randn(2, 3, 64, 64))
+        sum(o.square().mean() for o in outs).backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+        model.eval()
+        twin = DiNAT(arch=arch, kernel_size=3, dilations=[[1], [1, 2], [1], [1]]).eval()
+        twin.load_state_dict(model.state_dict())
+        image = torch.randn(1, 3, 64, 64)
+        print(all(torch.equal(a, b) for a, b in zip(model(image), twin(image))))
+        print([tuple(o.shape) for o in outs])
+        print(sorted(m for m in sys.modules if m.split('.')[0] in ('mmcv', 'mmengine')
+                     and sys.modules[m] is not None))
+        DiNAT(arch=arch, kernel_size=3, dilations=[[1], [1, 2], [1], [1]],
+              norm_cfg=dict(type='BN'))  # only LN without mmcv: a clear ImportError
     """)
-    assert result.stdout.strip() == '(1, 9, 10, 2, 8)', result.stderr
-    assert 'ImportError: dinat_backbone.DiNAT needs mmengine and mmcv' in result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[:2] == ['(1, 9, 10, 2, 8)', 'True'], result.stderr
+    assert '(2, 16, 16, 16)' in lines[2] and '(2, 128, 2, 2)' in lines[2], lines
+    assert lines[3] == '[]'  # nothing of mmcv/mmengine imported
+    assert "ImportError: norm type 'BN' needs mmcv, which is not installed" in result.stderr
 
 
 def test_models_need_only_mmengine_and_mmcv():

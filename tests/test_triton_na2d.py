@@ -1,6 +1,7 @@
 """The Triton backend without a GPU: the kernels under Triton's interpreter (in a subprocess,
 see triton_interpreted_cases.py), the choice of backend for CUDA tensors (fake CUDA tensors:
 nothing runs on them), the package without Triton, and the GPU benchmark's CPU smoke mode."""
+import json
 import os
 import subprocess
 import sys
@@ -87,16 +88,47 @@ def test_package_works_without_triton():
     assert "triton: backend='triton' needs the triton package" in out
 
 
-def test_benchmark_gpu_smoke_on_cpu():
-    out = run_python(['tools/benchmark_gpu.py', '--device', 'cpu', '--smoke'], interpret=True)
-    assert 'error:' not in out, out
-    triton_row = next(line for line in out.splitlines() if '| float32 | triton |' in line)
-    errors = [float(cell) for cell in triton_row.strip('| ').split(' | ')[-5:]]
-    assert max(errors) <= 1e-5, triton_row  # out, dq, dk, dv, drpb against float64
+# The GPU machine has torch, triton and timm but no OpenMMLab: the smoke run hides them.
+WITHOUT_OPENMMLAB = """
+import runpy, sys
+for name in ('mmcv', 'mmengine', 'mmdet', 'mmseg'):
+    sys.modules[name] = None
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def test_benchmark_gpu_smoke_on_cpu(tmp_path):
+    out = run_python(['-c', WITHOUT_OPENMMLAB, 'tools/benchmark_gpu.py', '--device', 'cpu',
+                      '--smoke', '--out', str(tmp_path)], interpret=True)
+    assert len(out.encode()) <= 8000
+    assert 'mmengine/mmcv not installed' in out
+    assert '| float32 | triton |' in out and '| float32 | torch |' in out
+    assert '| NO |' not in out and 'error:' not in out and 'errors: 0.' in out, out
     assert 'drpb bit-identical: True' in out
-    for peer in ('triton', 'tiled', 'window'):
-        assert f'| smoke | 1 | 9x10 | 1x2x8 | 1 | float32 | {peer} |' in out
-    assert 'DiNAT-T' in out and 'Swin-T' in out  # measured or skipped with the reason
+    results = json.loads((tmp_path / 'benchmark_gpu.json').read_text())
+    triton_errors = next(r['errors'] for r in results['correctness'] if r['backend'] == 'triton')
+    assert max(triton_errors) <= 1e-5  # out, dq, dk, dv, drpb against float64
+    measured = {r['peer']: r for r in results['operator']}
+    assert {'tiled', 'triton', 'window'} <= set(measured)  # and natten where installed
+    assert all(r['fwd_ms'] > 0 and r['fwd_bwd_ms'] > 0 for r in measured.values())
+    models = {r['model']: r['ms'] for r in results['model']}
+    assert sorted(models) == ['DiNAT-T', 'Swin-T (stand-in: timm not installed)']
+    assert all(ms > 0 for ms in models.values())
+    assert '| triton |' in (tmp_path / 'benchmark_gpu.md').read_text()
+
+
+@pytest.mark.parametrize('device,message', [('cpu', 'set TRITON_INTERPRET=1'),
+                                            ('cuda', 'no CUDA device')])
+def test_benchmark_gpu_refuses_a_machine_it_cannot_use_at_once(tmp_path, device, message):
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env.pop('TRITON_INTERPRET', None)
+    result = subprocess.run([sys.executable, 'tools/benchmark_gpu.py', '--device', device,
+                             '--out', str(tmp_path)], cwd=REPO_ROOT, env=env, text=True,
+                            capture_output=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stdout.count('\n') == 1 and message in result.stdout, result.stdout
+    assert not list(tmp_path.iterdir())  # nothing spent, nothing written
 
 
 @pytest.fixture(scope='module')
@@ -104,12 +136,21 @@ def benchmark_gpu():
     return load_tool('benchmark_gpu')
 
 
-def test_benchmark_gpu_uses_the_models_dilations(benchmark_gpu):
-    """The tool restates DiNAT-T's dilations (the models need mmengine, the GPU machine has
-    only torch): they must stay those of the presets."""
-    from dinat_backbone.models import DILATION_PRESETS
-    for preset, dilations in benchmark_gpu.LEVEL_DILATIONS.items():
-        assert dilations == DILATION_PRESETS[preset]
+def test_benchmark_gpu_operator_cases_are_dinat_tiny_levels(benchmark_gpu):
+    cases = benchmark_gpu.level_cases(benchmark_gpu.INPUTS, 2, ['bfloat16'])
+    assert [c for c in cases if c[0] == '512x512'] == [
+        ('512x512', 1, (2, 128, 128, 2, 32), 1, 'bfloat16'),
+        ('512x512', 1, (2, 128, 128, 2, 32), 16, 'bfloat16'),
+        ('512x512', 2, (2, 64, 64, 4, 32), 1, 'bfloat16'),
+        ('512x512', 2, (2, 64, 64, 4, 32), 4, 'bfloat16'),
+        ('512x512', 2, (2, 64, 64, 4, 32), 8, 'bfloat16'),
+        ('512x512', 3, (2, 32, 32, 8, 32), 1, 'bfloat16'),
+        ('512x512', 3, (2, 32, 32, 8, 32), 2, 'bfloat16'),
+        ('512x512', 3, (2, 32, 32, 8, 32), 3, 'bfloat16'),
+        ('512x512', 3, (2, 32, 32, 8, 32), 4, 'bfloat16'),
+        ('512x512', 4, (2, 16, 16, 16, 32), 1, 'bfloat16'),
+        ('512x512', 4, (2, 16, 16, 16, 32), 2, 'bfloat16')]
+    assert len(cases) == 22  # and 11 at 800x1216 with the 'coco' dilations
 
 
 @pytest.mark.parametrize('deterministic', [False, True])

@@ -20,13 +20,13 @@ import time
 import traceback
 from functools import lru_cache
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['reset_peak_memory', 'peak_memory_mib', 'run_peak_memory_mib', 'time_interleaved',
-           'measure', 'CleanProcessMemory', 'window_attention']
+__all__ = ['synchronize', 'reset_peak_memory', 'peak_memory_mib', 'run_peak_memory_mib',
+           'time_interleaved', 'measure', 'CleanProcessMemory', 'window_attention']
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor,
@@ -73,20 +73,22 @@ def _rss_peak_bytes() -> float:
     return float('nan')
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
 
-def reset_peak_memory(device: torch.device) -> float:
-    """Free what can be freed, reset the peak-memory counter; returns the baseline in bytes.
+def reset_peak_memory(device: torch.device, collect: bool = True) -> float:
+    """Free what can be freed (``collect``: run the garbage collector too), reset the
+    peak-memory counter; returns the baseline in bytes.
 
     On CPU (Linux) the baseline is the resident set after the reset; elsewhere ``nan``, and
     :func:`peak_memory_mib` then reports ``nan``.
     """
-    gc.collect()
+    if collect:
+        gc.collect()
     if device.type == 'cuda':
-        _synchronize(device)
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         return float(torch.cuda.memory_allocated(device))
     libc = _libc()
@@ -107,38 +109,58 @@ def peak_memory_mib(device: torch.device, baseline: float) -> float:
     return (_rss_peak_bytes() - baseline) / 2**20
 
 
-def run_peak_memory_mib(fn: Callable[[], None], device: torch.device) -> float:
+def run_peak_memory_mib(fn: Callable[[], None], device: torch.device,
+                        collect: bool = True) -> float:
     """Run ``fn`` once, in this process; its peak memory above the memory in use before (MiB).
 
     Exact on CUDA; on CPU it depends on what ran before (see the module doc).
     """
-    baseline = reset_peak_memory(device)
+    baseline = reset_peak_memory(device, collect)
     fn()
-    _synchronize(device)
+    synchronize(device)
     return peak_memory_mib(device, baseline)
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], None]], repeats: int,
-                     device: torch.device) -> Dict[str, float]:
-    """Median wall time (ms) of several functions, timed in alternation.
+                     device: torch.device, warmup: bool = True) -> Dict[str, float]:
+    """Median time (ms) of several functions, timed in alternation.
 
-    Each function runs once untimed (warm-up), then ``repeats`` rounds run every function once
-    each, so load that changes during the measurement (a shared machine) affects all of them
-    alike and their ratios stay meaningful.
+    Each function runs once untimed (``warmup``), then ``repeats`` rounds run every function
+    once each, so load that changes during the measurement (a shared machine) affects all of
+    them alike and their ratios stay meaningful. The garbage collector runs once before the
+    rounds and is paused during them. CUDA runs are timed with CUDA events (no host
+    synchronisation between them); CPU runs with the wall clock.
     """
     if repeats < 1:
         raise ValueError(f'repeats must be >= 1, got {repeats=}.')
-    for fn in fns.values():
-        fn()
-    times: Dict[str, List[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            gc.collect()
-            _synchronize(device)
-            start = time.perf_counter()
+    if warmup:
+        for fn in fns.values():
             fn()
-            _synchronize(device)
-            times[name].append((time.perf_counter() - start) * 1e3)
+    gc.collect()
+    gc.disable()
+    try:
+        if device.type == 'cuda':
+            events = {name: [] for name in fns}
+            synchronize(device)
+            for _ in range(repeats):
+                for name, fn in fns.items():
+                    start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+                    start.record()
+                    fn()
+                    end.record()
+                    events[name].append((start, end))
+            synchronize(device)
+            times = {name: [start.elapsed_time(end) for start, end in pairs]
+                     for name, pairs in events.items()}
+        else:
+            times = {name: [] for name in fns}
+            for _ in range(repeats):
+                for name, fn in fns.items():
+                    start = time.perf_counter()
+                    fn()
+                    times[name].append((time.perf_counter() - start) * 1e3)
+    finally:
+        gc.enable()
     return {name: statistics.median(values) for name, values in times.items()}
 
 

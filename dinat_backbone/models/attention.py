@@ -4,9 +4,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.model import BaseModule
-from mmengine.model.weight_init import trunc_normal_
-
+from .._openmmlab import BaseModule, trunc_normal_
 from ..ops import na2d
 from ..ops._checks import check_dilation, check_kernel_size, IntOrPair
 

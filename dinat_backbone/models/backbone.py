@@ -10,12 +10,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_norm_layer
-from mmengine.logging import MMLogger
-from mmengine.model import BaseModule, ModuleList
-from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .._openmmlab import BaseModule, ModuleList, build_norm_layer, current_logger, trunc_normal_
 from ..ops._checks import is_int
 from .blocks import ConvTokenizer, DiNATLevel
 
@@ -264,7 +261,7 @@ class DiNAT(BaseModule):
         if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
             from ..weights import load_pretrained
             load_pretrained(self, self.init_cfg['checkpoint'],
-                            logger=MMLogger.get_current_instance())
+                            logger=current_logger())
             self._is_init = True
             return
         super().init_weights()

@@ -4,10 +4,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
-from mmcv.cnn import build_activation_layer, build_norm_layer
-from mmcv.cnn.bricks.drop import build_dropout
-from mmengine.model import BaseModule, ModuleList
-
+from .._openmmlab import (BaseModule, DropPath, ModuleList, build_activation_layer,
+                          build_norm_layer)
 from .attention import NeighborhoodAttention2D
 
 
@@ -118,7 +116,7 @@ class DiNATBlock(BaseModule):
             embed_dims, num_heads, kernel_size=kernel_size, dilation=dilation,
             qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop_rate=attn_drop_rate,
             proj_drop_rate=drop_rate, use_rpb=use_rpb)
-        self.drop_path = build_dropout(dict(type='DropPath', drop_prob=drop_path_rate))
+        self.drop_path = DropPath(drop_path_rate)
         self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), act_cfg, drop_rate)
         if layer_scale is not None:

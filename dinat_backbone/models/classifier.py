@@ -4,10 +4,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-from mmengine.logging import print_log
-from mmengine.model import BaseModule
-from mmengine.model.weight_init import trunc_normal_
-
+from .._openmmlab import BaseModule, print_log, trunc_normal_
 from ..weights import (CheckpointKeyError, CheckpointReport, adapt_state_dict, convert_to_reference,
                        read_checkpoint)
 from .backbone import DiNAT

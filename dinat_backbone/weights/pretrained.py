@@ -11,8 +11,8 @@ from typing import Any, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.logging import print_log
 
+from .._openmmlab import print_log
 from .arch import infer_arch, variant_mismatch
 from .keys import CheckpointKeyError, StateDict, diff_state_dict
 from .layouts import CheckpointReport, convert_to_backbone, layout_of
