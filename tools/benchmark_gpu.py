@@ -309,7 +309,28 @@ def model(report: Report, batch: int, size: int, repeats: int, device: torch.dev
     line = (f'DiNAT-T {times["DiNAT-T"]:.1f} ms / {swin_name} {times[swin_name]:.1f} ms = '
             f'{ratio:.2f}x (goal <= 1.2x)')
     report.write('', line, '')
+    for name, step in steps.items():
+        profile(report, name, step, device)
     return line
+
+
+def profile(report: Report, name: str, step: Callable[[], None], device: torch.device,
+            rows: int = 15) -> None:
+    """Where one step's time goes: torch.profiler's operators by self time on the device, and
+    the number of kernels run there (in the file only)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda'
+                                           else [])
+    with torch_profile(activities=activities) as prof:
+        step()
+        synchronize(device)
+    sort_by = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    table = prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60)
+    kernels = sum(e.count for e in prof.key_averages()
+                  if e.device_type == torch.autograd.DeviceType.CUDA)
+    report.write(f'### Profile of one {name} step ({kernels} kernels on the device)', '', '```',
+                 table.strip(), '```', '')
 
 
 Case = Tuple[str, int, Tuple[int, ...], int, str]  # input, level, shape, dilation, dtype
