@@ -86,7 +86,14 @@ def allowed_globals() -> Tuple[SafeGlobal, ...]:
                                               (_numpy_reconstruct, '_reconstruct'))]
     return (HistoryBuffer, (_getattr_of_history_buffer, 'builtins.getattr'),
             (_PendingArray, 'numpy.ndarray'), (_PendingDType, 'numpy.dtype'), *numpy_functions,
-            argparse.Namespace)
+            (_empty_bytes, 'builtins.bytes'), argparse.Namespace)
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()``: pickle protocol 2 writes ``b''`` (an empty array's data) as that call."""
+    if args:
+        raise _Refused(f'the file calls bytes() with {len(args)} arguments; only b\'\' is built')
+    return b''
 
 
 # ---------------------------------------------------------------------------------------------
