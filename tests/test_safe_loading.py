@@ -7,6 +7,7 @@ The malicious file is a valid DiNAT checkpoint plus one entry whose ``__reduce__
 """
 import argparse
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import logging.handlers
@@ -202,16 +203,17 @@ def test_the_opt_in_runs_the_code_per_call_only(tmp_path):
     assert not marker.exists()
 
 
-def _generator_paused_in_its_block(load):
+def _generator_block_exited_out_of_order(load):
+    """A generator paused inside its block while another block opens and both exit, the
+    generator's first: resetting the context variable alone restored the generator's opt-in."""
     def trusting():
         with trust_checkpoints():
             yield
     paused = trusting()
-    next(paused)  # paused inside its block: the caller is not in it
-    try:
-        return load()
-    finally:
+    next(paused)
+    with trust_checkpoints():
         paused.close()
+    return load()
 
 
 def _task_created_in_the_block(load):
@@ -254,7 +256,7 @@ def _thread_started_in_the_block(load):
 
 
 OUTSIDE_THE_BLOCK = {  # each runs the load outside a `with trust_checkpoints():` block
-    'generator paused inside its block': _generator_paused_in_its_block,
+    'generator block exited out of order': _generator_block_exited_out_of_order,
     'asyncio task created in the block': _task_created_in_the_block,
     'context copied in the block': _context_copied_in_the_block,
     'thread started in the block': _thread_started_in_the_block,
@@ -270,7 +272,9 @@ def test_the_opt_in_ends_with_its_block(case, tmp_path):
     assert_refused(info.value, marker)
 
 
-def test_the_opt_in_reaches_generators_and_coroutines_run_in_the_block(tmp_path):
+def test_the_opt_in_reaches_what_runs_in_the_block(tmp_path):
+    """Generators resumed and coroutines awaited in the block, and a block inside a
+    contextlib.contextmanager (as the tools' ``loading_checkpoints``) or a paused generator."""
     path = tmp_path / 'evil.pth'
     marker = write_malicious(path)
 
@@ -281,6 +285,11 @@ def test_the_opt_in_reaches_generators_and_coroutines_run_in_the_block(tmp_path)
         await asyncio.sleep(0)
         return read_checkpoint(str(path))
 
+    @contextlib.contextmanager
+    def wrapped():
+        with trust_checkpoints():
+            yield
+
     generator = loads()  # made outside, resumed inside
     with trust_checkpoints():
         assert 'payload' in next(generator)
@@ -288,6 +297,14 @@ def test_the_opt_in_reaches_generators_and_coroutines_run_in_the_block(tmp_path)
         marker.unlink()
         assert 'payload' in asyncio.run(load())
     assert marker.exists()
+    marker.unlink()
+    with wrapped():
+        assert 'payload' in read_checkpoint(str(path))
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(UnsafeCheckpointError):
+        read_checkpoint(str(path))
+    assert not marker.exists()
 
 
 def test_a_damaged_safetensors_in_a_snapshot_falls_back_to_the_bin(tmp_path):

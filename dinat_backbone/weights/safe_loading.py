@@ -14,12 +14,15 @@ allow-list (:func:`allowed_globals`) of what real checkpoints also hold:
   files hold only strings, numbers, containers and tensors.
 
 The allow-list is given per call (``torch.serialization.safe_globals``), never added
-process-wide. ``.safetensors`` files are read with safetensors. Anything else is refused with
-:class:`UnsafeCheckpointError`, naming the offending global and the opt-in for a file from a
-trusted source: ``trusted=True`` on the loading functions, ``--trust-checkpoint`` on the tools,
-or :func:`trust_checkpoints` around mmengine's own loading (``load_from``, resume,
+process-wide. numpy's globals resolve to stand-ins: numpy dtypes, arrays and scalars are built by
+our code from the file's description after it is checked (plain data only, never Python
+objects), see :func:`_finish`. ``.safetensors`` files are read with safetensors. Anything else
+is refused with :class:`UnsafeCheckpointError`, naming the offending global and the opt-in for a
+file from a trusted source: ``trusted=True`` on the loading functions, ``--trust-checkpoint`` on
+the tools, or :class:`trust_checkpoints` around mmengine's own loading (``load_from``, resume,
 ``init_cfg``), which goes through the loaders that
-:mod:`dinat_backbone.weights.mmengine_loaders` registers.
+:mod:`dinat_backbone.weights.mmengine_loaders` registers. A damaged or truncated file raises
+:class:`CheckpointReadError` with one line.
 
 Downloads (:func:`download_checkpoint`) are cached under a directory named by a hash of the full
 URL, so two URLs with the same file name never share an entry; a file name carrying a SHA-256
@@ -27,6 +30,7 @@ prefix (torch.hub's ``name-<sha256 prefix>.ext``) is verified; the file appears 
 only once complete (written to a temporary file, then renamed).
 """
 import argparse
+import contextvars
 import functools
 import hashlib
 import os
@@ -34,15 +38,14 @@ import os.path as osp
 import pickle
 import re
 import sys
-import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 from urllib.parse import urlparse
 
 import torch
 
 __all__ = [
-    'CheckpointReadError', 'UnsafeCheckpointError', 'allowed_globals', 'trust_checkpoints', 'load_checkpoint_file',
-    'download_checkpoint'
+    'CheckpointReadError', 'UnsafeCheckpointError', 'allowed_globals', 'trust_checkpoints',
+    'load_checkpoint_file', 'download_checkpoint'
 ]
 
 SafeGlobal = Union[Callable, Tuple[Callable, str]]
@@ -53,9 +56,10 @@ OPT_IN = ('trusted=True (load_pretrained, read_checkpoint, DiNATClassifier.load_
 # torch.hub's naming convention, with at least the 8 hex digits its documentation asks for
 # (its own pattern, '-([a-f0-9]*)\.', would take the '224' of 'dinat-mini-224.pth' for a hash).
 HASH_IN_NAME = re.compile(r'-([a-f0-9]{8,64})\.')
-# The frames running a `with trust_checkpoints():` block (kept alive only until it exits).
-_TRUSTING_FRAMES: List[Any] = []
-_TRUSTING_LOCK = threading.Lock()
+# The innermost trust_checkpoints block of this context, and the blocks that have not exited.
+_TRUST_TOKEN: contextvars.ContextVar = contextvars.ContextVar('dinat_trust_checkpoints',
+                                                              default=None)
+_OPEN_BLOCKS: Set[object] = set()
 
 
 class CheckpointReadError(ValueError):
@@ -340,42 +344,42 @@ class trust_checkpoints:  # noqa: N801 (used as a function: ``with trust_checkpo
     whatever code they contain. Only for files from a source you trust; e.g. a tool's
     ``--trust-checkpoint`` wraps its run in it.
 
-    The opt-in is bound to the block on the call stack, not to a context: a load is trusted only
-    while the frame that runs the ``with`` is among its callers. Once the block exits, nothing
-    keeps it, and code that merely ran alongside it never had it: a generator paused inside its
-    own block, asyncio tasks and threads started in the block.
+    Each block is a token, set in the current context and valid until the block exits: a load
+    is trusted only while its context holds a token whose block has not exited. So nothing that
+    outlives the block keeps the opt-in: asyncio tasks and copied contexts made in it, or a
+    generator's block that exits out of order. Threads never had it (they start with an empty
+    context). A generator shares its caller's context: while one is paused inside its own
+    block, the block has not exited and its caller is trusted too; that is what lets a
+    ``contextlib.contextmanager`` wrap the opt-in.
     """
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._frames: List[Any] = []
+        self._entries: List[Any] = []
 
     def __enter__(self) -> None:
-        frame = sys._getframe(1) if self.enabled else None
-        self._frames.append(frame)
-        if frame is not None:
-            with _TRUSTING_LOCK:
-                _TRUSTING_FRAMES.append(frame)
+        entry = None
+        if self.enabled:
+            token = object()
+            _OPEN_BLOCKS.add(token)
+            entry = (token, _TRUST_TOKEN.set(token))
+        self._entries.append(entry)
 
     def __exit__(self, *exc_info: Any) -> None:
-        frame = self._frames.pop()
-        if frame is not None:
-            with _TRUSTING_LOCK:
-                del _TRUSTING_FRAMES[next(i for i, f in enumerate(_TRUSTING_FRAMES)
-                                          if f is frame)]
+        entry = self._entries.pop()
+        if entry is not None:
+            token, previous = entry
+            _OPEN_BLOCKS.discard(token)
+            try:
+                _TRUST_TOKEN.reset(previous)
+            except ValueError:  # exited in another context: its token is no longer open anyway
+                pass
 
 
 def _trusted_here() -> bool:
-    """Whether a :class:`trust_checkpoints` block is running among the caller's callers."""
-    with _TRUSTING_LOCK:
-        frames = list(_TRUSTING_FRAMES)  # held while comparing, so no id is reused meanwhile
-    trusting = {id(frame) for frame in frames}
-    frame = sys._getframe(1)
-    while frame is not None and trusting:
-        if id(frame) in trusting:
-            return True
-        frame = frame.f_back
-    return False
+    """Whether the current context holds the token of a :class:`trust_checkpoints` block that
+    has not exited."""
+    return _TRUST_TOKEN.get() in _OPEN_BLOCKS
 
 
 def _offending_globals(filename: str, error: Exception) -> List[str]:
