@@ -245,7 +245,8 @@ HOSTILE_FILES = [
     row('unsupported-opcode', 'UnsafeCheckpointError', ': Unsupported operand 149. It is not'),
     row('storage-larger-than-its-record', 'CheckpointReadError',
         'record size (8 bytes) does not match expected size (17179869184 bytes'),
-    row('storage-larger-than-the-file-legacy', 'CheckpointReadError', 'Cannot read {path}'),
+    row('storage-larger-than-the-file-legacy', 'CheckpointReadError',
+        "Cannot read {path}: its tensors declare 17179869184 bytes of data, more than the file's"),
     row('truncated', 'CheckpointReadError', 'Cannot read {path} (300 bytes): PytorchStreamReader'),
     row('damaged-safetensors', 'CheckpointReadError',
         'Cannot read {path}: it is not a valid safetensors file'),
@@ -278,6 +279,28 @@ def test_hostile_file(error, fragment, hostile_loads, request):
 def test_every_hostile_file_has_a_row():
     from hostile_checkpoints import HOSTILE
     assert sorted(HOSTILE) == sorted(case.id for case in HOSTILE_FILES)
+
+
+# An unreadable checkpoint ends each loading tool with one line (not a traceback) naming it.
+UNREADABLE_CHECKPOINT_TOOLS = [
+    row('convert', 'convert_checkpoint', ['{ckpt}', '{tmp}/out.pth']),
+    row('convert-task', 'convert_checkpoint', ['{ckpt}', '{tmp}/out.pth', '--task']),
+    row('classify', 'classify', ['{image}', '--checkpoint', '{ckpt}']),
+    row('extract-features', 'extract_features',
+        ['mini', '--checkpoint', '{ckpt}', '--input', '{image}', '--out', '{tmp}/f']),
+]
+
+
+@pytest.mark.parametrize('damage', ['damaged-safetensors', 'truncated'])
+@pytest.mark.parametrize('tool,args', UNREADABLE_CHECKPOINT_TOOLS)
+def test_tool_names_an_unreadable_checkpoint(tool, args, damage, tmp_path, capsys):
+    import cv2
+    from hostile_checkpoints import HOSTILE
+    paths = dict(tmp=tmp_path, image=tmp_path / 'a.png', ckpt=HOSTILE[damage](tmp_path / 'c.pth'))
+    cv2.imwrite(str(paths['image']), np.zeros((32, 32, 3), np.uint8))
+    code, err = run_main(tool, [a.format(**paths) for a in args], capsys)
+    assert code == 1 and 'Traceback' not in err, err
+    assert f'error: Cannot read {paths["ckpt"]}' in err, err
 
 
 # --------------------------------------------------------------------------------------- tools

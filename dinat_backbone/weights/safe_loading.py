@@ -392,6 +392,41 @@ def _offending_globals(filename: str, error: Exception) -> List[str]:
     return sorted(found) or re.findall(r'GLOBAL (\S+)', str(error))[:1]
 
 
+def _check_legacy_storage_sizes(filename: str, size: int) -> None:
+    """For a file in the legacy (pre-1.6) format, which allocates every storage at the size its
+    pickle declares before reading the data after it: unpickle it once with empty (meta)
+    storages and compare the declared total with the file's size first."""
+    from torch import _weights_only_unpickler
+
+    declared: Dict[Any, int] = {}
+
+    class DeclaredSizes(_weights_only_unpickler.Unpickler):
+        def persistent_load(self, saved_id: Any) -> Any:
+            if not (type(saved_id) is tuple and len(saved_id) == 6):
+                raise pickle.UnpicklingError(f'unexpected storage reference {saved_id!r}')
+            storage_type, key, _, numel = saved_id[1:5]
+            dtype = getattr(storage_type, 'dtype', None)
+            if not isinstance(dtype, torch.dtype) or type(numel) is not int or numel < 0:
+                raise pickle.UnpicklingError(f'unexpected storage reference {saved_id!r}')
+            nbytes = numel * torch._utils._element_size(dtype)
+            declared[key] = nbytes
+            return torch.storage.TypedStorage(
+                wrap_storage=torch.UntypedStorage(nbytes, device='meta'), dtype=dtype,
+                _internal=True)
+
+    with open(filename, 'rb') as file:
+        if file.read(1) != pickle.PROTO:  # a zip archive (torch checks its records' sizes)
+            return
+        file.seek(0)
+        for _ in range(3):  # magic number, protocol version, system information
+            _weights_only_unpickler.Unpickler(file, encoding='utf-8').load()
+        DeclaredSizes(file, encoding='utf-8').load()
+    if sum(declared.values()) > size:
+        raise CheckpointReadError(
+            f'Cannot read {filename}: its tensors declare {sum(declared.values())} bytes of '
+            f'data, more than the file\'s {size} bytes (damaged or hostile).')
+
+
 def load_checkpoint_file(filename: str, map_location: Any = None, trusted: bool = False) -> Any:
     """Read a local checkpoint without running code from it (see the module docstring).
 
@@ -430,6 +465,7 @@ def load_checkpoint_file(filename: str, map_location: Any = None, trusted: bool 
         return torch.load(filename, map_location=map_location, weights_only=False)
     try:
         with torch.serialization.safe_globals(list(allowed_globals())):
+            _check_legacy_storage_sizes(filename, size)
             return _finish(torch.load(filename, map_location=map_location, weights_only=True))
     except _Refused as error:
         raise UnsafeCheckpointError(f'Refused to unpickle {filename}: {error}. If you trust its '
