@@ -10,7 +10,10 @@ imports); one subprocess run checks what a user sees: the exit status and a one-
 without a traceback."""
 import functools
 import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -219,6 +222,85 @@ def test_checkpoint(make, error, fragment, tmp_path):
         model = DiNAT(arch='tiny')
     with pytest.raises(error, match=re.escape(fragment)):
         load_pretrained(model, make(tmp_path))
+
+
+# Hostile files (tests/hostile_checkpoints.py), loaded without the opt-in in one subprocess: a
+# forged object array crashes the interpreter (SIGSEGV) when it is printed or freed, so a signal
+# exit fails every row still waiting. Each row: the file's error type and message fragment.
+NUMPY_OBJECTS = "holds object values (Python objects or pointers)"
+HOSTILE_FILES = [
+    row('object-dtype-flags-cleared', 'UnsafeCheckpointError', "numpy dtype 'O8' " + NUMPY_OBJECTS),
+    row('object-dtype', 'UnsafeCheckpointError',
+        "numpy dtype 'O8' is marked as holding Python objects (flags 63)"),
+    row('float64-with-object-flags', 'UnsafeCheckpointError',
+        "numpy dtype 'f8' is marked as holding Python objects (flags 63)"),
+    row('structured-object-field', 'UnsafeCheckpointError', NUMPY_OBJECTS),
+    row('sub-array-of-objects', 'UnsafeCheckpointError', NUMPY_OBJECTS),
+    row('object-scalar', 'UnsafeCheckpointError', NUMPY_OBJECTS),
+    row('object-dtype-class', 'UnsafeCheckpointError', 'it needs numpy.dtypes.ObjectDType'),
+    row('field-outside-the-item', 'UnsafeCheckpointError',
+        'NumPy dtype descriptor requires 1048584 bytes, cannot override to smaller itemsize'),
+    row('array-larger-than-its-bytes', 'UnsafeCheckpointError',
+        'a numpy float64 array of shape (1073741824,) needs 8589934592 bytes, the file gives 16'),
+    row('unsupported-opcode', 'UnsafeCheckpointError', ': Unsupported operand 149. It is not'),
+    row('storage-larger-than-its-record', 'CheckpointReadError',
+        'record size (8 bytes) does not match expected size (17179869184 bytes'),
+    row('storage-larger-than-the-file-legacy', 'CheckpointReadError',
+        "Cannot read {path}: its tensors declare 17179869184 bytes of data, more than the file's"),
+    row('truncated', 'CheckpointReadError', 'Cannot read {path} (300 bytes): PytorchStreamReader'),
+    row('damaged-safetensors', 'CheckpointReadError',
+        'Cannot read {path}: it is not a valid safetensors file'),
+]
+
+
+@pytest.fixture(scope='module')
+def hostile_loads(tmp_path_factory) -> dict:
+    """Row id -> (path, outcome), or the subprocess's end for rows it did not reach."""
+    from hostile_checkpoints import HOSTILE
+    folder = tmp_path_factory.mktemp('hostile')
+    paths = {name: str(make(folder / f'{name}.pth')) for name, make in HOSTILE.items()}
+    result = subprocess.run([sys.executable, str(REPO_ROOT / 'tests' / 'hostile_checkpoints.py'),
+                             *paths.values()], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    outcomes = {line['path']: line for line in map(json.loads, result.stdout.splitlines())}
+    died = f'exit status {result.returncode}: {result.stderr[-2000:]}'
+    return {name: (path, outcomes.get(path, died)) for name, path in paths.items()}
+
+
+@pytest.mark.parametrize('error,fragment', HOSTILE_FILES)
+def test_hostile_file(error, fragment, hostile_loads, request):
+    path, outcome = hostile_loads[request.node.callspec.id]
+    assert isinstance(outcome, dict), f'the loading process died ({outcome})'
+    assert (outcome['type'], fragment.format(path=path) in outcome['message']) == (error, True), \
+        outcome
+    assert '\n' not in outcome['message']
+
+
+def test_every_hostile_file_has_a_row():
+    from hostile_checkpoints import HOSTILE
+    assert sorted(HOSTILE) == sorted(case.id for case in HOSTILE_FILES)
+
+
+# An unreadable checkpoint ends each loading tool with one line (not a traceback) naming it.
+UNREADABLE_CHECKPOINT_TOOLS = [
+    row('convert', 'convert_checkpoint', ['{ckpt}', '{tmp}/out.pth']),
+    row('convert-task', 'convert_checkpoint', ['{ckpt}', '{tmp}/out.pth', '--task']),
+    row('classify', 'classify', ['{image}', '--checkpoint', '{ckpt}']),
+    row('extract-features', 'extract_features',
+        ['mini', '--checkpoint', '{ckpt}', '--input', '{image}', '--out', '{tmp}/f']),
+]
+
+
+@pytest.mark.parametrize('damage', ['damaged-safetensors', 'truncated'])
+@pytest.mark.parametrize('tool,args', UNREADABLE_CHECKPOINT_TOOLS)
+def test_tool_names_an_unreadable_checkpoint(tool, args, damage, tmp_path, capsys):
+    import cv2
+    from hostile_checkpoints import HOSTILE
+    paths = dict(tmp=tmp_path, image=tmp_path / 'a.png', ckpt=HOSTILE[damage](tmp_path / 'c.pth'))
+    cv2.imwrite(str(paths['image']), np.zeros((32, 32, 3), np.uint8))
+    code, err = run_main(tool, [a.format(**paths) for a in args], capsys)
+    assert code == 1 and 'Traceback' not in err, err
+    assert f'error: Cannot read {paths["ckpt"]}' in err, err
 
 
 # --------------------------------------------------------------------------------------- tools

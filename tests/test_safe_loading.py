@@ -6,10 +6,15 @@ The malicious file is a valid DiNAT checkpoint plus one entry whose ``__reduce__
 ``os.system('touch MARKER')``: the marker file appearing is the proof that code ran.
 """
 import argparse
+import asyncio
+import contextlib
+import contextvars
 import hashlib
+import logging.handlers
 import os
 import pickle
 import shlex
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -143,8 +148,8 @@ class _FetchesAttribute:
 
 def test_getattr_fetches_only_history_buffer_methods(tmp_path):
     torch.save({'method': _FetchesAttribute()}, tmp_path / 'getattr.pth')
-    with pytest.raises(UnsafeCheckpointError, match=r"getattr\(<class 'numpy.ndarray'>, "
-                                                    r"'tofile'\); only HistoryBuffer's"):
+    with pytest.raises(UnsafeCheckpointError, match=r"getattr\(<class '\S+'>, 'tofile'\); only "
+                                                    r"HistoryBuffer's"):
         load_checkpoint_file(str(tmp_path / 'getattr.pth'))
 
 
@@ -196,6 +201,135 @@ def test_the_opt_in_runs_the_code_per_call_only(tmp_path):
         with pytest.raises(UnsafeCheckpointError):
             load_checkpoint(model, str(path))
     assert not marker.exists()
+
+
+def _generator_block_exited_out_of_order(load):
+    """A generator paused inside its block while another block opens and both exit, the
+    generator's first: resetting the context variable alone restored the generator's opt-in."""
+    def trusting():
+        with trust_checkpoints():
+            yield
+    paused = trusting()
+    next(paused)
+    with trust_checkpoints():
+        paused.close()
+    return load()
+
+
+def _task_created_in_the_block(load):
+    async def later():
+        await asyncio.sleep(0)
+        return load()
+
+    async def main():
+        with trust_checkpoints():
+            task = asyncio.get_running_loop().create_task(later())  # copies the context
+        return await task  # runs after the block
+
+    return asyncio.run(main())
+
+
+def _context_copied_in_the_block(load):
+    with trust_checkpoints():
+        context = contextvars.copy_context()
+    return context.run(load)
+
+
+def _thread_started_in_the_block(load):
+    outcome, block_done = {}, threading.Event()
+
+    def run():
+        block_done.wait()
+        try:
+            outcome['value'] = load()
+        except Exception as error:
+            outcome['error'] = error
+
+    with trust_checkpoints():
+        thread = threading.Thread(target=run)
+        thread.start()
+    block_done.set()
+    thread.join()
+    if 'error' in outcome:
+        raise outcome['error']
+    return outcome['value']
+
+
+OUTSIDE_THE_BLOCK = {  # each runs the load outside a `with trust_checkpoints():` block
+    'generator block exited out of order': _generator_block_exited_out_of_order,
+    'asyncio task created in the block': _task_created_in_the_block,
+    'context copied in the block': _context_copied_in_the_block,
+    'thread started in the block': _thread_started_in_the_block,
+}
+
+
+@pytest.mark.parametrize('case', sorted(OUTSIDE_THE_BLOCK))
+def test_the_opt_in_ends_with_its_block(case, tmp_path):
+    path = tmp_path / 'evil.pth'
+    marker = write_malicious(path)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        OUTSIDE_THE_BLOCK[case](lambda: read_checkpoint(str(path)))
+    assert_refused(info.value, marker)
+
+
+def test_the_opt_in_reaches_what_runs_in_the_block(tmp_path):
+    """Generators resumed and coroutines awaited in the block, and a block inside a
+    contextlib.contextmanager (as the tools' ``loading_checkpoints``) or a paused generator."""
+    path = tmp_path / 'evil.pth'
+    marker = write_malicious(path)
+
+    def loads():
+        yield read_checkpoint(str(path))
+
+    async def load():
+        await asyncio.sleep(0)
+        return read_checkpoint(str(path))
+
+    @contextlib.contextmanager
+    def wrapped():
+        with trust_checkpoints():
+            yield
+
+    generator = loads()  # made outside, resumed inside
+    with trust_checkpoints():
+        assert 'payload' in next(generator)
+        assert marker.exists()
+        marker.unlink()
+        assert 'payload' in asyncio.run(load())
+    assert marker.exists()
+    marker.unlink()
+    with wrapped():
+        assert 'payload' in read_checkpoint(str(path))
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(UnsafeCheckpointError):
+        read_checkpoint(str(path))
+    assert not marker.exists()
+
+
+def test_a_damaged_safetensors_in_a_snapshot_falls_back_to_the_bin(tmp_path):
+    from mmengine.logging import MMLogger
+    from hostile_checkpoints import damaged_safetensors
+    folder = tmp_path / 'snapshot'
+    folder.mkdir()
+    damaged_safetensors(folder / 'model.safetensors')
+    torch.save(reference_state(), folder / 'pytorch_model.bin')
+    warnings = logging.handlers.BufferingHandler(10 ** 6)  # never flushes
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(warnings)
+    try:
+        assert _same(read_checkpoint(str(folder)), reference_state())
+    finally:
+        logger.removeHandler(warnings)
+    assert [r.getMessage() for r in warnings.buffer if r.levelno >= logging.WARNING] == [
+        f'Cannot read {folder / "model.safetensors"}: it is not a valid safetensors file (damaged '
+        'or truncated?): Error while deserializing header: invalid JSON in header: invalid type: '
+        'integer `1`, expected string or map at line 1 column 16 Reading '
+        f'{folder / "pytorch_model.bin"} instead.']
+    (folder / 'pytorch_model.bin').write_bytes(b'not a checkpoint')
+    with pytest.raises(UnsafeCheckpointError, match=r'pytorch_model.bin: .* \(tried after: '
+                                                    r'Cannot read .*model.safetensors'):
+        read_checkpoint(str(folder))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +428,28 @@ def test_published_layouts_load_without_the_opt_in(tmp_path):
                  state_dict={'backbone.' + k: v for k, v in state.items()})
     torch.save(mmcv1, tmp_path / 'mmcv1.pth', _use_new_zipfile_serialization=False)
     assert _same(read_checkpoint(str(tmp_path / 'mmcv1.pth')), mmcv1)
+
+
+def test_numpy_values_of_every_plain_kind_load_as_pickled(tmp_path):
+    """numpy values are rebuilt by our code from their pickled description: every plain kind,
+    byte order, layout and structure comes back equal, with its dtype, and shared stays
+    shared."""
+    shared = np.arange(3, dtype=np.int16)
+    values = dict(
+        numbers=[np.array([True]), np.arange(6, dtype='>i4').reshape(2, 3), np.uint8(7),
+                 np.float16(0.5), np.array([1 + 2j], np.complex64), np.longdouble(1.25)],
+        text=[np.array([b'ab'], 'S3'), np.array(['ab'], 'U3'), np.str_('x')],
+        times=[np.array(['2020-01-01'], 'M8[D]'), np.array([3], 'm8[2s]'), np.array([1], 'm8')],
+        structured=np.ones(2, [('x', '<f4'), ('y', '>i2', (2, )), ('z', [('a', 'u1')])]),
+        aligned=np.zeros(2, np.dtype([('a', 'f4'), ('b', 'i1')], align=True)),
+        titled=np.zeros(1, np.dtype({'names': ['a'], 'formats': ['f8'], 'titles': ['A']})),
+        sub_array=np.zeros(2, ('f4', (2, 3))), fortran=np.asfortranarray(np.eye(3)),
+        empty=np.zeros((0, 4)), dtypes=[np.dtype('>f8'), np.dtype([('a', 'i8')])],
+        shared=(shared, shared))
+    torch.save(values, tmp_path / 'numpy.pth')
+    loaded = load_checkpoint_file(str(tmp_path / 'numpy.pth'))
+    assert _same(loaded, torch.load(tmp_path / 'numpy.pth', weights_only=False))
+    assert loaded['shared'][0] is loaded['shared'][1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,8 +70,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     """Print the top-k classes of ``args.image``; returns the exit status."""
     args = parse_args(argv)
-    model, zoo_size = build_classifier(args.checkpoint, args.arch, parse_dilations(args.dilations),
-                                       args.trust_checkpoint)
+    from dinat_backbone.weights.safe_loading import CheckpointReadError
+    try:
+        model, zoo_size = build_classifier(args.checkpoint, args.arch,
+                                           parse_dilations(args.dilations), args.trust_checkpoint)
+    except CheckpointReadError as error:  # refused, damaged or truncated: one line
+        raise SystemExit(f'error: {error}') from None
     size = args.size or zoo_size or 224
     labels_file = args.labels or labels_beside(args.checkpoint)
     if labels_file is None and model.num_classes == 1000:

@@ -11,7 +11,7 @@ import importlib
 import os
 import os.path as osp
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from dinat_backbone.engine.checkpoint_hook import atomic_torch_save
 from dinat_backbone.engine.cli import add_trust_checkpoint_flag
@@ -77,15 +77,23 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def read_source(args: argparse.Namespace) -> Any:
+    """SRC's content; a file that is refused or cannot be read ends the tool with one line."""
+    from dinat_backbone.weights import read_checkpoint
+    from dinat_backbone.weights.safe_loading import CheckpointReadError
+    try:
+        return read_checkpoint(args.src, args.trust_checkpoint)
+    except CheckpointReadError as error:
+        raise SystemExit(f'error: {error}') from None
+
+
 def convert_task(args: argparse.Namespace) -> int:
     """``--task``: convert a whole-model checkpoint (and check it against ``--config``)."""
     import dinat_backbone
-    from dinat_backbone.weights import read_checkpoint
     from dinat_backbone.weights.task import (CONVERTED_LAYOUTS, check_task_state_dict,
                                              convert_task_checkpoint)
 
-    state_dict, report = convert_task_checkpoint(read_checkpoint(args.src,
-                                                                 args.trust_checkpoint))
+    state_dict, report = convert_task_checkpoint(read_source(args))
     report.source = args.src
     if args.config is not None:
         from mmengine.registry import DefaultScope
@@ -112,10 +120,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return convert_task(args)
     import dinat_backbone
     from dinat_backbone.weights import (check_variant, convert_to_backbone, convert_to_reference,
-                                        infer_arch, read_checkpoint, variant_name)
+                                        infer_arch, variant_name)
     from dinat_backbone.models import DiNAT
 
-    checkpoint = read_checkpoint(args.src, args.trust_checkpoint)
+    checkpoint = read_source(args)
     convert = convert_to_reference if args.keep_classifier else convert_to_backbone
     state_dict, report = convert(checkpoint)
     arch = infer_arch(state_dict)

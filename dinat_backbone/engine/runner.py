@@ -343,9 +343,9 @@ def build_runner(cfg: Config) -> Any:
 def loading_checkpoints(trusted: bool) -> Iterator[None]:
     """Run the Runner in this: checkpoints unpickled fully only with ``--trust-checkpoint``,
     and a refused one ends the tool with the message that names the fix."""
-    from ..weights.safe_loading import UnsafeCheckpointError, trust_checkpoints
+    from ..weights.safe_loading import CheckpointReadError, trust_checkpoints
     try:
         with trust_checkpoints(trusted):
             yield
-    except UnsafeCheckpointError as error:
+    except CheckpointReadError as error:  # refused, damaged or truncated
         raise SystemExit(f'error: {error}') from None

@@ -4,6 +4,7 @@ Loading is loud: apart from the output norms ``norm{i}.*`` (which no ImageNet ch
 in the reference) and the dropped classifier, every missing or unexpected key and every shape
 mismatch raises, naming the keys and, for a different architecture, both variants.
 """
+import logging
 import os.path as osp
 import re
 from typing import Any, Mapping, Optional, Tuple, Union
@@ -16,7 +17,8 @@ from .._openmmlab import print_log
 from .arch import infer_arch, variant_mismatch
 from .keys import CheckpointKeyError, StateDict, diff_state_dict
 from .layouts import CheckpointReport, convert_to_backbone, layout_of
-from .safe_loading import download_checkpoint, load_checkpoint_file
+from .safe_loading import (CheckpointReadError, UnsafeCheckpointError, download_checkpoint,
+                           load_checkpoint_file)
 
 __all__ = ['adapt_state_dict', 'read_checkpoint', 'load_pretrained']
 
@@ -97,21 +99,33 @@ def read_checkpoint(filename: str, trusted: bool = False) -> Mapping[str, Any]:
     Pickled files are read without running code from them
     (:func:`~dinat_backbone.weights.safe_loading.load_checkpoint_file`); ``trusted=True`` unpickles
     fully, for a file from a trusted source that needs more. URLs are downloaded once
-    (:func:`~dinat_backbone.weights.safe_loading.download_checkpoint`).
+    (:func:`~dinat_backbone.weights.safe_loading.download_checkpoint`). In a snapshot directory
+    a damaged ``model.safetensors`` is named in a warning and its ``pytorch_model.bin`` read
+    instead (still without running code); an error names both when neither can be read.
     """
     from .zoo import resolve_checkpoint
     filename = resolve_checkpoint(filename)
     if filename.startswith(('http://', 'https://')):
         filename = download_checkpoint(filename)
     filename = osp.expanduser(filename)
-    if osp.isdir(filename):
-        for name in _SNAPSHOT_FILES:
-            if osp.isfile(osp.join(filename, name)):
-                filename = osp.join(filename, name)
-                break
-        else:
-            raise FileNotFoundError(f'No {" or ".join(_SNAPSHOT_FILES)} in {filename}.')
-    return load_checkpoint_file(filename, map_location='cpu', trusted=trusted)
+    if not osp.isdir(filename):
+        return load_checkpoint_file(filename, map_location='cpu', trusted=trusted)
+    files = [osp.join(filename, name) for name in _SNAPSHOT_FILES
+             if osp.isfile(osp.join(filename, name))]
+    if not files:
+        raise FileNotFoundError(f'No {" or ".join(_SNAPSHOT_FILES)} in {filename}.')
+    try:
+        return load_checkpoint_file(files[0], map_location='cpu', trusted=trusted)
+    except CheckpointReadError as error:
+        if len(files) == 1 or isinstance(error, UnsafeCheckpointError):
+            raise
+        # A damaged model.safetensors: the snapshot's pytorch_model.bin holds the same weights.
+        print_log(f'{error} Reading {files[1]} instead.', logger='current',
+                  level=logging.WARNING)
+        try:
+            return load_checkpoint_file(files[1], map_location='cpu', trusted=trusted)
+        except CheckpointReadError as second:
+            raise type(second)(f'{second} (tried after: {error})') from None
 
 
 def load_pretrained(backbone: nn.Module, filename: str,
