@@ -16,7 +16,7 @@ from mmengine.logging import print_log
 from .arch import infer_arch, variant_mismatch
 from .keys import CheckpointKeyError, StateDict, diff_state_dict
 from .layouts import CheckpointReport, convert_to_backbone, layout_of
-from .safe_loading import download_checkpoint, load_checkpoint_file
+from .safe_loading import load_checkpoint_file
 
 __all__ = ['adapt_state_dict', 'read_checkpoint', 'load_pretrained']
 
@@ -97,13 +97,11 @@ def read_checkpoint(filename: str, trusted: bool = False) -> Mapping[str, Any]:
     Pickled files are read without running code from them
     (:func:`~dinat_backbone.weights.safe_loading.load_checkpoint_file`); ``trusted=True`` unpickles
     fully, for a file from a trusted source that needs more. URLs are downloaded once
-    (:func:`~dinat_backbone.weights.safe_loading.download_checkpoint`).
+    (:func:`~dinat_backbone.weights.zoo.fetch_checkpoint`; one line naming the URL when it
+    cannot be fetched).
     """
-    from .zoo import resolve_checkpoint
-    filename = resolve_checkpoint(filename)
-    if filename.startswith(('http://', 'https://')):
-        filename = download_checkpoint(filename)
-    filename = osp.expanduser(filename)
+    from .zoo import fetch_checkpoint
+    filename = osp.expanduser(fetch_checkpoint(filename))
     if osp.isdir(filename):
         for name in _SNAPSHOT_FILES:
             if osp.isfile(osp.join(filename, name)):
