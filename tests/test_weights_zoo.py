@@ -1,15 +1,17 @@
 """The model zoo (``weights.zoo``): its tables (names, URLs, reported results, configs) and
 docs/model_zoo.md written from them."""
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from dinat_backbone.models import DiNAT
-from dinat_backbone.weights.zoo import (IMAGENET_CHECKPOINTS, TASK_CHECKPOINTS, get_checkpoint_url,
-                                        get_hf_url, get_pretrained, list_checkpoints,
-                                        resolve_checkpoint)
+from dinat_backbone.weights import read_checkpoint
+from dinat_backbone.weights.zoo import (IMAGENET_CHECKPOINTS, TASK_CHECKPOINTS, fetch_checkpoint,
+                                        get_checkpoint_url, get_hf_url, get_pretrained,
+                                        list_checkpoints, resolve_checkpoint)
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, free_port, serve
 
 
 def test_model_zoo_tables():
@@ -71,3 +73,35 @@ def test_model_zoo_doc_has_every_row_with_its_command():
     for path in ('data/coco/', 'instances_val2017.json', 'val2017/',
                  'data/ade/ADEChallengeData2016/', 'images/', 'annotations/', 'validation/'):
         assert path in text
+
+
+def test_unreachable_urls_and_zoo_names_fail_with_one_line(monkeypatch, tmp_path):
+    """Offline (here: a port nobody listens on, and a missing file on a live server), a URL or
+    zoo name fails with one line naming the URL and what to give instead; nothing is cached."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))  # the download cache
+    dead = f'http://127.0.0.1:{free_port()}/imagenet1k/dinat_tiny_in1k_224.pth'
+    with pytest.raises(ConnectionError) as error:
+        read_checkpoint(dead)
+    message = str(error.value)
+    assert message.startswith(f'Cannot download {dead}: ') and '\n' not in message
+    assert "give the file's path instead, e.g. checkpoint='/path/to/dinat_tiny_in1k_224.pth'" \
+        in message
+    assert error.value.__cause__ is None and error.value.__suppress_context__
+
+    # a zoo name whose host is unreachable: the name and its URL are named
+    entry = IMAGENET_CHECKPOINTS['dinat_tiny.in1k']
+    monkeypatch.setitem(IMAGENET_CHECKPOINTS, entry.name, dataclasses.replace(entry, url=dead))
+    backbone = DiNAT(arch=dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                               mlp_ratio=1.),
+                     init_cfg=dict(type='Pretrained', checkpoint='dinat_tiny.in1k'))
+    with pytest.raises(ConnectionError, match=r"^Cannot download 'dinat_tiny\.in1k' \(http://"):
+        backbone.init_weights()
+
+    # an HTTP error is a URL that cannot be fetched too
+    (tmp_path / 'served').mkdir()
+    with serve(tmp_path / 'served') as base:
+        with pytest.raises(ConnectionError) as error:
+            fetch_checkpoint(f'{base}/missing.pth')
+    assert str(error.value).startswith(f'Cannot download {base}/missing.pth: File not found.')
+    assert not list((tmp_path / 'torch').rglob('*.pth'))
+    assert fetch_checkpoint('/some/file.pth') == '/some/file.pth'

@@ -213,7 +213,7 @@ def build_segmentor(config: str, checkpoint: Optional[str] = None,
     from mmengine.runner import load_checkpoint
 
     from dinat_backbone.apis.features import Preprocessing
-    from dinat_backbone.weights.zoo import resolve_checkpoint
+    from dinat_backbone.weights.zoo import fetch_checkpoint
     from dinat_backbone.engine.runner import load_config
 
     cfg = load_config(config)
@@ -226,7 +226,7 @@ def build_segmentor(config: str, checkpoint: Optional[str] = None,
     from mmseg.registry import MODELS
     segmentor = revert_sync_batchnorm(MODELS.build(cfg.model))  # SyncBN is CUDA-only
     if checkpoint is not None:
-        load_checkpoint(segmentor, resolve_checkpoint(checkpoint), map_location='cpu',
+        load_checkpoint(segmentor, fetch_checkpoint(checkpoint), map_location='cpu',
                         strict=True, revise_keys=[(r'^module\.', '')])
     else:
         print_log('No checkpoint given: exporting the initial weights.', logger='current',

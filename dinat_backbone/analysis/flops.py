@@ -16,7 +16,12 @@ same analysis (``aten::matmul``: ``2 * B * heads * H * W * w * w * head_dim`` on
 window-padded map), so the two compare fairly. Linear, convolution and norm layers are counted
 by mmengine's own handlers; softmax, bias additions and activations count zero, for every model
 alike.
+
+:func:`config_flop_analyzer` does this for the whole model of an mmseg/mmdet config (what
+``tools/get_flops.py`` prints).
 """
+import copy
+import importlib
 from contextlib import contextmanager
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -29,7 +34,8 @@ from ..models import NeighborhoodAttention2D
 from ..ops import na2d
 from ..ops._checks import IntOrPair, check_dilation, check_kernel_size
 
-__all__ = ['NA2D_COUNTED_OP', 'na2d_flops', 'counted_na2d', 'flop_analyzer']
+__all__ = ['NA2D_COUNTED_OP', 'na2d_flops', 'counted_na2d', 'flop_analyzer',
+           'config_flop_analyzer']
 
 NA2D_COUNTED_OP = 'dinat_backbone::na2d_counted'
 
@@ -114,3 +120,42 @@ def flop_analyzer(model: nn.Module,
     with counted_na2d(model), torch.no_grad():
         analyzer.total()
     return analyzer
+
+
+class _TensorForward(nn.Module):
+    """``model(inputs, data_samples, mode='tensor')`` as a one-input module, for tracing."""
+
+    def __init__(self, model: nn.Module, data_samples: List[Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.data_samples = data_samples
+
+    def forward(self, inputs: torch.Tensor) -> Any:
+        return self.model(inputs, self.data_samples, mode='tensor')
+
+
+def config_flop_analyzer(cfg: Any, shape: Tuple[int, int]) -> Tuple[nn.Module, FlopAnalyzer]:
+    """The model of an mmseg or mmdet config (``default_scope``) and :func:`flop_analyzer` of
+    one ``3 x H x W`` image (``shape = (H, W)``) through it, as upstream ``get_flops.py`` runs it:
+    the model's data preprocessor, then ``mode='tensor'`` (a segmentor's decode head, not its
+    auxiliary head; a detector's RPN and RoI heads). Built without weights (FLOPs do not
+    depend on them); SyncBN becomes BN, so no process group is needed.
+    """
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import DefaultScope
+    scope = cfg.get('default_scope', 'mmseg')
+    if scope == 'mmseg':
+        from mmseg.structures import SegDataSample as Sample
+    elif scope == 'mmdet':
+        from mmdet.structures import DetDataSample as Sample
+    else:
+        raise ValueError(f"config's default_scope must be 'mmseg' or 'mmdet', got {scope!r}")
+    importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    with DefaultScope.overwrite_default_scope(scope):
+        model = revert_sync_batchnorm(registry.build(copy.deepcopy(cfg.model))).eval()
+    meta = dict(ori_shape=tuple(shape), img_shape=tuple(shape), pad_shape=tuple(shape),
+                scale_factor=(1.0, 1.0))
+    data = model.data_preprocessor(
+        dict(inputs=[torch.zeros(3, *shape)], data_samples=[Sample(metainfo=meta)]))
+    return model, flop_analyzer(_TensorForward(model, data['data_samples']), data['inputs'])

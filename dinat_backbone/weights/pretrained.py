@@ -17,8 +17,7 @@ from .._openmmlab import print_log
 from .arch import infer_arch, variant_mismatch
 from .keys import CheckpointKeyError, StateDict, diff_state_dict
 from .layouts import CheckpointReport, convert_to_backbone, layout_of
-from .safe_loading import (CheckpointReadError, UnsafeCheckpointError, download_checkpoint,
-                           load_checkpoint_file)
+from .safe_loading import CheckpointReadError, UnsafeCheckpointError, load_checkpoint_file
 
 __all__ = ['adapt_state_dict', 'read_checkpoint', 'load_pretrained']
 
@@ -99,15 +98,13 @@ def read_checkpoint(filename: str, trusted: bool = False) -> Mapping[str, Any]:
     Pickled files are read without running code from them
     (:func:`~dinat_backbone.weights.safe_loading.load_checkpoint_file`); ``trusted=True`` unpickles
     fully, for a file from a trusted source that needs more. URLs are downloaded once
-    (:func:`~dinat_backbone.weights.safe_loading.download_checkpoint`). In a snapshot directory
+    (:func:`~dinat_backbone.weights.zoo.fetch_checkpoint`; one line naming the URL when it
+    cannot be fetched). In a snapshot directory
     a damaged ``model.safetensors`` is named in a warning and its ``pytorch_model.bin`` read
     instead (still without running code); an error names both when neither can be read.
     """
-    from .zoo import resolve_checkpoint
-    filename = resolve_checkpoint(filename)
-    if filename.startswith(('http://', 'https://')):
-        filename = download_checkpoint(filename)
-    filename = osp.expanduser(filename)
+    from .zoo import fetch_checkpoint
+    filename = osp.expanduser(fetch_checkpoint(filename))
     if not osp.isdir(filename):
         return load_checkpoint_file(filename, map_location='cpu', trusted=trusted)
     files = [osp.join(filename, name) for name in _SNAPSHOT_FILES

@@ -12,12 +12,15 @@ Example:
     'https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth'
     >>> dict(type='Pretrained', checkpoint='dinat_tiny.in1k')  # an init_cfg: names resolve
 """
+import os.path as osp
 from dataclasses import dataclass
 from typing import Dict, List, Optional
+from urllib.error import URLError
+from urllib.parse import urlparse
 
 __all__ = ['PretrainedCheckpoint', 'TaskCheckpoint', 'IMAGENET_CHECKPOINTS', 'TASK_CHECKPOINTS',
            'get_pretrained', 'get_checkpoint_url', 'get_hf_url', 'resolve_checkpoint',
-           'list_checkpoints', 'default_dilations']
+           'fetch_checkpoint', 'list_checkpoints', 'default_dilations']
 
 _ROOT = 'https://shi-labs.com/projects/dinat/checkpoints'
 _HF = 'https://huggingface.co'
@@ -245,3 +248,27 @@ def resolve_checkpoint(name_or_path: str) -> str:
     if name_or_path in IMAGENET_CHECKPOINTS or name_or_path in TASK_CHECKPOINTS:
         return get_checkpoint_url(name_or_path)
     return name_or_path
+
+
+def fetch_checkpoint(name_or_path: str) -> str:
+    """A zoo name or an http(s) URL becomes the path of its downloaded file (downloaded once:
+    :func:`~dinat_backbone.weights.safe_loading.download_checkpoint`); anything else is returned
+    unchanged.
+
+    Raises:
+        ConnectionError: the URL cannot be fetched (offline, unreachable, HTTP error); one line
+            naming the URL and what to do instead.
+    """
+    from .safe_loading import download_checkpoint
+    url = resolve_checkpoint(name_or_path)
+    if not url.startswith(('http://', 'https://')):
+        return url
+    try:
+        return download_checkpoint(url)
+    except (URLError, TimeoutError) as error:
+        named = url if url == name_or_path else f'{name_or_path!r} ({url})'
+        file_name = osp.basename(urlparse(url).path) or 'checkpoint.pth'
+        raise ConnectionError(
+            f'Cannot download {named}: {getattr(error, "reason", error)}. Without network '
+            f'access, fetch that URL elsewhere and give the file\'s path instead, e.g. '
+            f'checkpoint=\'/path/to/{file_name}\'.') from None
