@@ -6,17 +6,22 @@ The malicious file is a valid DiNAT checkpoint plus one entry whose ``__reduce__
 ``os.system('touch MARKER')``: the marker file appearing is the proof that code ran.
 """
 import argparse
+import contextlib
 import hashlib
+import http.server
 import io
 import json
 import os
 import pickle
+import re
 import shlex
 import shutil
 import sys
+import threading
 import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -544,3 +549,95 @@ def test_torch_load_outside_a_dispatch_is_untouched(tmp_path):
     marker = write_malicious(tmp_path / 'evil.pth')
     torch.load(tmp_path / 'evil.pth', weights_only=False)  # the caller's explicit choice
     assert marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloads from a server that fails: nothing is cached, the error names the cache file
+
+
+@contextlib.contextmanager
+def _lying_server(body: bytes, behaviour: dict) -> Iterator[str]:
+    """Serves ``body`` for any path as ``behaviour['mode']`` says: ``ok``; ``short`` (announces
+    the full length, sends half and closes); ``stall`` (sends half, then nothing until the
+    client gives up); ``error`` (500)."""
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            mode = behaviour['mode']
+            if mode == 'error':
+                self.send_error(500)
+                return
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body if mode == 'ok' else body[:len(body) // 2])
+            self.wfile.flush()
+            if mode == 'stall':
+                release.wait(30)
+            self.close_connection = True
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f'http://127.0.0.1:{server.server_address[1]}'
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize('mode, reason, timeout', [
+    ('short', r'(received \d+ bytes, but the server announced \d+|connection closed after)', {}),
+    ('stall', 'no data for 0.5 s', {'timeout': 0.5}),
+    ('error', 'HTTP Error 500', {}),
+])
+def test_a_failed_download_is_not_cached(mode, reason, timeout, tmp_path, hub):
+    torch.save({'w': torch.arange(100_000.)}, tmp_path / 'w.pth')  # 400 kB: several reads
+    behaviour = {'mode': mode}
+    with _lying_server((tmp_path / 'w.pth').read_bytes(), behaviour) as base:
+        url = f'{base}/w.pth'
+        with pytest.raises(OSError, match=reason) as info:
+            download_checkpoint(url, progress=False, **timeout)
+        cached = [p for p in hub.rglob('*') if p.is_file()]
+        assert cached == [], cached  # neither the file nor a partial one
+        named = re.search(r' to (\S+) failed', str(info.value))  # the cache file
+        assert named and Path(named[1]).parent.parent == hub and named[1].endswith('/w.pth'), \
+            info.value
+        assert 'Nothing was cached' in str(info.value)
+
+        behaviour['mode'] = 'ok'  # the server is healthy again: the next load downloads
+        assert torch.equal(read_checkpoint(url)['w'], torch.arange(100_000.))
+    assert [p.name for p in hub.rglob('*') if p.is_file()] == ['w.pth']
+
+
+def test_the_download_timeout_comes_from_the_environment(tmp_path, hub, monkeypatch):
+    monkeypatch.setenv('DINAT_DOWNLOAD_TIMEOUT', '0.3')
+    with _lying_server(b'x' * 1000, {'mode': 'stall'}) as base:
+        with pytest.raises(OSError, match='no data for 0.3 s'):
+            download_checkpoint(f'{base}/w.pth', progress=False)
+    monkeypatch.setenv('DINAT_DOWNLOAD_TIMEOUT', 'soon')
+    with pytest.raises(ValueError, match="DINAT_DOWNLOAD_TIMEOUT='soon' is not a number"):
+        download_checkpoint('http://127.0.0.1:1/w.pth')
+
+
+LONG_NAME = 'w' * 300 + '.pth'
+
+
+@pytest.mark.parametrize('url_path, cached_name', [
+    ('/models/.', 'checkpoint'),
+    ('/models/..', 'checkpoint'),
+    ('/models/', 'checkpoint'),
+    (f'/{LONG_NAME}', 'w' * 251 + '.pth'),
+    ('/dinat_tiny-20240101.pth', 'dinat_tiny-20240101.pth'),  # a date, not a hash
+])
+def test_url_file_names_that_are_no_valid_file_names(url_path, cached_name, tmp_path, hub):
+    torch.save({'w': torch.ones(3)}, tmp_path / 'w.pth')
+    with _lying_server((tmp_path / 'w.pth').read_bytes(), {'mode': 'ok'}) as base:
+        path = Path(download_checkpoint(base + url_path, progress=False))
+    assert path.name == cached_name and path.parent.parent == hub, path
+    assert torch.equal(read_checkpoint(str(path))['w'], torch.ones(3))
+    assert [p.name for p in hub.rglob('*') if p.is_file()] == [cached_name]
