@@ -22,7 +22,7 @@ __all__ = ['adapt_state_dict', 'read_checkpoint', 'load_pretrained']
 
 _OUTPUT_NORM = re.compile(r'^norm(\d+)\.')
 # The weights of a Hugging Face snapshot folder, in order of preference (no unpickling first).
-_SNAPSHOT_FILES = ('model.safetensors', 'pytorch_model.bin')
+SNAPSHOT_FILES = ('model.safetensors', 'pytorch_model.bin')
 
 
 def _resize_rpb(rpb: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -105,12 +105,12 @@ def read_checkpoint(filename: str, trusted: bool = False) -> Mapping[str, Any]:
         filename = download_checkpoint(filename)
     filename = osp.expanduser(filename)
     if osp.isdir(filename):
-        for name in _SNAPSHOT_FILES:
+        for name in SNAPSHOT_FILES:
             if osp.isfile(osp.join(filename, name)):
                 filename = osp.join(filename, name)
                 break
         else:
-            raise FileNotFoundError(f'No {" or ".join(_SNAPSHOT_FILES)} in {filename}.')
+            raise FileNotFoundError(f'No {" or ".join(SNAPSHOT_FILES)} in {filename}.')
     return load_checkpoint_file(filename, map_location='cpu', trusted=trusted)
 
 
