@@ -471,6 +471,8 @@ def _scheme_source(prefix: str, folder: Path, base: str, monkeypatch) -> str:
     # the same loader under another prefix
     aliases = {'https://': 'http://', r'(\S+\:)?petrel://': r'(\S+\:)?s3://',
                'modelzoo://': 'torchvision://', 'openmmlab://': 'open-mmlab://'}
+    assert aliases.get(prefix, prefix) in sources, \
+        f'mmengine has a new scheme {prefix!r}: add a row here to test it'
     source = sources[aliases.get(prefix, prefix)]()
     source = source if isinstance(source, str) else source[-1]
     if prefix in aliases:  # e.g. https: no TLS server here; the dispatch of prefix, called
