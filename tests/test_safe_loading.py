@@ -10,19 +10,28 @@ import asyncio
 import contextlib
 import contextvars
 import hashlib
+import http.server
+import io
+import json
 import logging.handlers
 import os
 import pickle
+import re
 import shlex
+import shutil
+import sys
 import threading
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.runner.checkpoint import CheckpointLoader
 
 from dinat_backbone.apis.features import build_backbone
 from dinat_backbone.models import DiNAT
@@ -478,11 +487,12 @@ def test_a_hash_in_the_file_name_is_verified(tmp_path, hub):
     torch.save({'w': torch.ones(2)}, served / 'good.pth')
     digest = hashlib.sha256((served / 'good.pth').read_bytes()).hexdigest()
     (served / 'good.pth').rename(served / f'w-{digest[:10]}.pth')
-    torch.save({'w': torch.zeros(2)}, served / f'w-{"0" * 10}.pth')  # name promises another
+    wrong = 'badc0ffee0'  # the name promises another file
+    torch.save({'w': torch.zeros(2)}, served / f'w-{wrong}.pth')
     with serve(served) as base:
         assert torch.equal(read_checkpoint(f'{base}/w-{digest[:10]}.pth')['w'], torch.ones(2))
-        with pytest.raises(RuntimeError, match=f'w-{"0" * 10}.pth is corrupt or not the file'):
-            download_checkpoint(f'{base}/w-{"0" * 10}.pth')
+        with pytest.raises(RuntimeError, match=f'w-{wrong}.pth is corrupt or not the file'):
+            download_checkpoint(f'{base}/w-{wrong}.pth')
         # a name with a number that is no hash (fewer than 8 hex digits) is not checked
         torch.save({'w': torch.ones(1)}, served / 'dinat-mini-224.pth')
         assert read_checkpoint(f'{base}/dinat-mini-224.pth')['w'].shape == (1, )
@@ -546,3 +556,244 @@ def test_tools_refuse_and_opt_in(tool, tool_runs):
     assert 'Refused to unpickle' not in str(outcome)
     if script == 'convert_checkpoint.py':  # a valid checkpoint beside the payload: converted
         assert outcome == 0 and (tmp / 'out.pth').is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Every scheme of mmengine's CheckpointLoader (those it has, any it adds, a user's own)
+
+
+def _user_scheme_buffer(filename, map_location=None):  # as pavi/s3 do: bytes in memory
+    with open(filename[len('user-buffer://'):], 'rb') as file:
+        return torch.load(io.BytesIO(file.read()), map_location, weights_only=False)
+
+
+def _user_scheme_hub(filename, map_location=None):  # torch.hub's downloader and loader
+    return torch.hub.load_state_dict_from_url('http://' + filename[len('user-hub://'):],
+                                              map_location=map_location, weights_only=False)
+
+
+USER_SCHEMES = {'user-buffer://': _user_scheme_buffer, 'user-hub://': _user_scheme_hub}
+
+
+def _scheme_source(prefix: str, folder: Path, base: str, monkeypatch) -> str:
+    """A name under ``prefix`` that resolves to ``folder/ckpt.pth`` (served at ``base``): the
+    name tables, the pavi client and the petrel backend point at it (no network)."""
+    import mmengine.fileio.io
+    from mmengine.fileio.backends import BaseStorageBackend, registry_utils
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    url = f'{base}/ckpt.pth'
+
+    class Bucket(BaseStorageBackend):  # an s3/petrel store holding ckpt.pth
+        def __init__(self, **kwargs):
+            pass
+
+        def get(self, filepath):
+            return (folder / Path(filepath).name).read_bytes()
+
+        get_text = None  # not used by checkpoint loading
+
+    class Model:  # what pavi.modelcloud.get returns
+        name = 'ckpt.pth'
+
+        def download(self, target):
+            shutil.copy(folder / 'ckpt.pth', target)
+
+    sources = {
+        '': lambda: str(folder / 'ckpt.pth'),
+        'http://': lambda: url,
+        'user-buffer://': lambda: f'user-buffer://{folder}/ckpt.pth',
+        'user-hub://': lambda: url.replace('http://', 'user-hub://'),
+        'pavi://': lambda: (monkeypatch.setitem(sys.modules, 'pavi', types.SimpleNamespace(
+            modelcloud=types.SimpleNamespace(get=lambda path: Model()))), 'pavi://a/ckpt.pth'),
+        r'(\S+\:)?s3://': lambda: (
+            monkeypatch.setitem(registry_utils.backends, 'petrel', Bucket),
+            monkeypatch.setattr(mmengine.fileio.io, 'backend_instances', {}),
+            'open-mmlab:s3://bucket/ckpt.pth'),
+        'torchvision://': lambda: (monkeypatch.setattr(
+            mmengine_checkpoint, 'get_torchvision_models', lambda: {'net': url}),
+            'torchvision://net'),
+        'open-mmlab://': lambda: (monkeypatch.setenv('MMENGINE_HOME', str(folder)), (
+            folder / 'open_mmlab.json').write_text(json.dumps({'net': url})),
+            'open-mmlab://net'),
+        'mmcls://': lambda: (monkeypatch.setattr(mmengine_checkpoint, 'get_mmcls_models',
+                                                 lambda: {'net': url}), 'mmcls://net'),
+        'open-mmlab:// (a file in MMENGINE_HOME)': lambda: (
+            monkeypatch.setenv('MMENGINE_HOME', str(folder)),
+            (folder / 'open_mmlab.json').write_text(json.dumps({'net': 'ckpt.pth'})),
+            'openmmlab://net'),
+    }
+    # the same loader under another prefix
+    aliases = {'https://': 'http://', r'(\S+\:)?petrel://': r'(\S+\:)?s3://',
+               'modelzoo://': 'torchvision://', 'openmmlab://': 'open-mmlab://'}
+    assert aliases.get(prefix, prefix) in sources, \
+        f'mmengine has a new scheme {prefix!r}: add a row here to test it'
+    source = sources[aliases.get(prefix, prefix)]()
+    source = source if isinstance(source, str) else source[-1]
+    if prefix in aliases:  # e.g. https: no TLS server here; the dispatch of prefix, called
+        assert CheckpointLoader._schemes[prefix] is CheckpointLoader._schemes[aliases[prefix]]
+    return source
+
+
+def _schemes_to_test():
+    """mmengine's schemes as registered at run time (a new one fails until it has a row in
+    _scheme_source), a user's own, and the local-file branch of open-mmlab://."""
+    return sorted(CheckpointLoader._schemes) + sorted(USER_SCHEMES) + [
+        'open-mmlab:// (a file in MMENGINE_HOME)']
+
+
+@pytest.fixture
+def scheme(request, tmp_path, hub, monkeypatch):
+    """(prefix, folder with ckpt.pth, load): ``load()`` loads ckpt.pth through the scheme."""
+    monkeypatch.setattr(CheckpointLoader, '_schemes', dict(CheckpointLoader._schemes))
+    for prefix, loader in USER_SCHEMES.items():
+        CheckpointLoader.register_scheme(prefix, loader)
+    folder = tmp_path / 'served'
+    folder.mkdir()
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    with serve(folder) as base:
+        source = _scheme_source(request.param, folder, base, monkeypatch)
+        yield request.param, folder, lambda: CheckpointLoader.load_checkpoint(source)
+
+
+@pytest.mark.parametrize('scheme', _schemes_to_test(), indirect=True)
+def test_every_mmengine_scheme_refuses_code(scheme):
+    prefix, folder, load = scheme
+    marker = write_malicious(folder / 'ckpt.pth')
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load()
+    assert_refused(info.value, marker)
+    with trust_checkpoints():  # the opt-in still works through the scheme
+        try:
+            load()
+        except Exception:  # after loading: mmcls:// post-processes the payload's dict
+            pass
+    assert marker.exists()
+
+
+@pytest.mark.parametrize('scheme', _schemes_to_test(), indirect=True)
+def test_every_mmengine_scheme_loads_a_checkpoint(scheme):
+    """A Runner-style checkpoint (numpy, HistoryBuffer) loads through each scheme."""
+    from mmengine.logging import HistoryBuffer
+    prefix, folder, load = scheme
+    content = {'state_dict': {'backbone.w': torch.arange(3.)}, 'meta': {'best': np.float64(.5)},
+               'message_hub': {'log_scalars': {'loss': HistoryBuffer([1., 2.], [1, 1])}}}
+    torch.save(content, folder / 'ckpt.pth')
+    loaded = load()
+    if prefix == 'mmcls://':  # mmengine keeps the backbone's weights, renamed
+        assert _same(dict(loaded['state_dict']), {'w': torch.arange(3.)})
+    else:
+        assert _same(loaded['state_dict'], content['state_dict'])
+        assert _same(loaded['meta'], content['meta'])
+        history = loaded['message_hub']['log_scalars']['loss'].data
+        assert _same(history, (np.array([1., 2.]), np.array([1, 1])))
+
+
+def test_a_runner_with_load_from_torchvision_refuses_code(tmp_path, hub, monkeypatch):
+    """The issue's case: a config's load_from='torchvision://...'."""
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    marker = write_malicious(tmp_path / 'resnet.pth')
+    with serve(tmp_path) as base:
+        monkeypatch.setattr(mmengine_checkpoint, 'get_torchvision_models',
+                            lambda: {'resnet': f'{base}/resnet.pth'})
+        runner = _toy_runner(tmp_path / 'work', max_iters=2, load_from='torchvision://resnet')
+        with pytest.raises(UnsafeCheckpointError) as info:
+            runner.train()
+    assert_refused(info.value, marker)
+
+
+def test_torch_load_outside_a_dispatch_is_untouched(tmp_path):
+    marker = write_malicious(tmp_path / 'evil.pth')
+    torch.load(tmp_path / 'evil.pth', weights_only=False)  # the caller's explicit choice
+    assert marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloads from a server that fails: nothing is cached, the error names the cache file
+
+
+@contextlib.contextmanager
+def _lying_server(body: bytes, behaviour: dict) -> Iterator[str]:
+    """Serves ``body`` for any path as ``behaviour['mode']`` says: ``ok``; ``short`` (announces
+    the full length, sends half and closes); ``stall`` (sends half, then nothing until the
+    client gives up); ``error`` (500)."""
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            mode = behaviour['mode']
+            if mode == 'error':
+                self.send_error(500)
+                return
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body if mode == 'ok' else body[:len(body) // 2])
+            self.wfile.flush()
+            if mode == 'stall':
+                release.wait(30)
+            self.close_connection = True
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f'http://127.0.0.1:{server.server_address[1]}'
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize('mode, reason, timeout', [
+    ('short', r'(received \d+ bytes, but the server announced \d+|connection closed after)', {}),
+    ('stall', 'no data for 0.5 s', {'timeout': 0.5}),
+    ('error', 'HTTP Error 500', {}),
+])
+def test_a_failed_download_is_not_cached(mode, reason, timeout, tmp_path, hub):
+    torch.save({'w': torch.arange(100_000.)}, tmp_path / 'w.pth')  # 400 kB: several reads
+    behaviour = {'mode': mode}
+    with _lying_server((tmp_path / 'w.pth').read_bytes(), behaviour) as base:
+        url = f'{base}/w.pth'
+        with pytest.raises(OSError, match=reason) as info:
+            download_checkpoint(url, progress=False, **timeout)
+        cached = [p for p in hub.rglob('*') if p.is_file()]
+        assert cached == [], cached  # neither the file nor a partial one
+        named = re.search(r' to (\S+) failed', str(info.value))  # the cache file
+        assert named and Path(named[1]).parent.parent == hub and named[1].endswith('/w.pth'), \
+            info.value
+        assert 'Nothing was cached' in str(info.value)
+
+        behaviour['mode'] = 'ok'  # the server is healthy again: the next load downloads
+        assert torch.equal(read_checkpoint(url)['w'], torch.arange(100_000.))
+    assert [p.name for p in hub.rglob('*') if p.is_file()] == ['w.pth']
+
+
+def test_the_download_timeout_comes_from_the_environment(tmp_path, hub, monkeypatch):
+    monkeypatch.setenv('DINAT_DOWNLOAD_TIMEOUT', '0.3')
+    with _lying_server(b'x' * 1000, {'mode': 'stall'}) as base:
+        with pytest.raises(OSError, match='no data for 0.3 s'):
+            download_checkpoint(f'{base}/w.pth', progress=False)
+    monkeypatch.setenv('DINAT_DOWNLOAD_TIMEOUT', 'soon')
+    with pytest.raises(ValueError, match="DINAT_DOWNLOAD_TIMEOUT='soon' is not a number"):
+        download_checkpoint('http://127.0.0.1:1/w.pth')
+
+
+LONG_NAME = 'w' * 300 + '.pth'
+
+
+@pytest.mark.parametrize('url_path, cached_name', [
+    ('/models/.', 'checkpoint'),
+    ('/models/..', 'checkpoint'),
+    ('/models/', 'checkpoint'),
+    (f'/{LONG_NAME}', 'w' * 251 + '.pth'),
+    ('/dinat_tiny-20240101.pth', 'dinat_tiny-20240101.pth'),  # a date, not a hash
+])
+def test_url_file_names_that_are_no_valid_file_names(url_path, cached_name, tmp_path, hub):
+    torch.save({'w': torch.ones(3)}, tmp_path / 'w.pth')
+    with _lying_server((tmp_path / 'w.pth').read_bytes(), {'mode': 'ok'}) as base:
+        path = Path(download_checkpoint(base + url_path, progress=False))
+    assert path.name == cached_name and path.parent.parent == hub, path
+    assert torch.equal(read_checkpoint(str(path))['w'], torch.ones(3))
+    assert [p.name for p in hub.rglob('*') if p.is_file()] == [cached_name]

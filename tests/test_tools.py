@@ -74,6 +74,45 @@ def test_train_errors_are_messages(tiny_seg_config, tiny_det_config, tmp_path):
     assert '.pkl' in msg and 'results.json' in msg
 
 
+REFERENCE_CHECKPOINT = REPO_ROOT / 'tests' / 'data' / 'reference_dinat_small_random.pt'
+# tool, arguments ({config}: the tiny seg config, {no_model}: a config without `model`,
+# {dir}: an existing directory, {ckpt}: a valid checkpoint, {tmp}), the one-line message
+BAD_ARGUMENTS = [
+    ('convert_checkpoint', ['{ckpt}', '{dir}'], "DST: '{dir}' is a directory; give a file name"),
+    ('convert_checkpoint', ['{dir}', '{tmp}/out.pth'],
+     "SRC: '{dir}' is a directory without a checkpoint"),
+    ('convert_checkpoint', ['{ckpt}', '{tmp}/out.pth', '--task', '--config', '{dir}'],
+     "--config: no such file: '{dir}'"),
+    ('train', ['{no_model}'], "'{no_model}' defines no `model`"),
+    ('test', ['{no_model}', '{ckpt}'], "'{no_model}' defines no `model`"),
+    ('train', ['{config}', '--cfg-options', 'train_dataloader=5', 'train_dataloader.batch_size=2'],
+     "--cfg-options train_dataloader.batch_size=2 does not fit the config '{config}': TypeError"),
+    ('test', ['{config}', '{ckpt}', '--cfg-options', 'model.backbone=small',
+              'model.backbone.depths=[2]'],
+     "--cfg-options model.backbone.depths=[2] does not fit the config '{config}': TypeError"),
+]
+
+
+@pytest.mark.parametrize('tool, template, expected', BAD_ARGUMENTS,
+                         ids=[f'{t} {" ".join(a)}' for t, a, _ in BAD_ARGUMENTS])
+def test_bad_arguments_fail_at_start_in_one_line(tool, template, expected, tiny_seg_config,
+                                                 tmp_path, capsys):
+    """Checked before any work: the message is the first thing the tool says, and nothing is
+    written (e.g. no converted checkpoint before a directory as DST is noticed)."""
+    (tmp_path / 'dir').mkdir()
+    (tmp_path / 'no_model.py').write_text("default_scope = 'mmseg'\ntrain_cfg = dict()\n")
+    fields = dict(config=tiny_seg_config, no_model=tmp_path / 'no_model.py', dir=tmp_path / 'dir',
+                  ckpt=REFERENCE_CHECKPOINT, tmp=tmp_path)
+    before = sorted(tmp_path.rglob('*'))
+    with pytest.raises(SystemExit) as info:
+        load_tool(tool).main([a.format(**fields) for a in template])
+    code = info.value.code
+    message = (capsys.readouterr().err.strip().splitlines() or [''])[-1] if code == 2 else str(code)
+    assert expected.format(**fields) in message, message
+    assert '\n' not in message and 'Traceback' not in message
+    assert sorted(tmp_path.rglob('*')) == before
+
+
 def test_train_error_has_no_traceback(run_tool, tmp_path):
     result = run_tool('train.py', [str(tmp_path / 'missing_config.py')], timeout=120)
     assert result.returncode == 1

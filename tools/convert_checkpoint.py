@@ -14,7 +14,8 @@ import sys
 from typing import Any, List, Optional
 
 from dinat_backbone.engine.checkpoint_hook import atomic_torch_save
-from dinat_backbone.engine.cli import add_trust_checkpoint_flag
+from dinat_backbone.engine.cli import add_trust_checkpoint_flag, check_writable_file
+from dinat_backbone.weights.pretrained import SNAPSHOT_FILES
 
 DESCRIPTION = """\
 Convert a DiNAT checkpoint to this project's layout and save it as
@@ -74,6 +75,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                      'apply to backbone checkpoints only')
     if args.config is not None and not args.task:
         parser.error('--config goes with --task')
+    # the paths, before minutes of reading and converting
+    if args.config is not None and not osp.isfile(args.config):
+        parser.error(f'--config: no such file: {args.config!r}')
+    if osp.isdir(args.src) and not any(osp.isfile(osp.join(args.src, name))
+                                       for name in SNAPSHOT_FILES):
+        parser.error(f'SRC: {args.src!r} is a directory without a checkpoint (a Hugging Face '
+                     f'snapshot holds {" or ".join(SNAPSHOT_FILES)}); give a checkpoint file.')
+    try:
+        check_writable_file(args.dst, 'DST')
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 

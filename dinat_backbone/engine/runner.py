@@ -151,7 +151,8 @@ def import_codebase(cfg: Config, config_path: str = '') -> str:
 
 def load_config(path: str, cfg_options: Optional[Dict] = None,
                 launcher: str = 'none') -> Config:
-    """``Config.fromfile`` with a clear error for a missing file, plus ``--cfg-options``.
+    """``Config.fromfile`` with a clear error for a missing file, a config without ``model``
+    and a ``--cfg-options`` entry that does not fit the config; plus ``--cfg-options``.
 
     Also imports ``dinat_backbone`` and registers the codebase named by ``default_scope``.
     """
@@ -162,8 +163,16 @@ def load_config(path: str, cfg_options: Optional[Dict] = None,
 
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
-    if cfg_options is not None:
-        cfg.merge_from_dict(cfg_options)
+    for key, value in (cfg_options or {}).items():  # one at a time, to name the one that fails
+        try:
+            cfg.merge_from_dict({key: value})
+        except (TypeError, KeyError, AttributeError, ValueError) as error:
+            reason = ' '.join(str(error).split())  # one line
+            raise SystemExit(f'--cfg-options {key}={value!r} does not fit the config {path!r}: '
+                             f'{type(error).__name__}: {reason}') from None
+    if not isinstance(cfg.get('model'), dict):
+        raise SystemExit(f'{path!r} defines no `model` (a dict with a `type`): it is not a model '
+                         'config, or its `_base_` list misses the model file.')
     import_codebase(cfg, path)
     return cfg
 

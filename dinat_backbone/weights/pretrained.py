@@ -23,7 +23,7 @@ __all__ = ['adapt_state_dict', 'read_checkpoint', 'load_pretrained']
 
 _OUTPUT_NORM = re.compile(r'^norm(\d+)\.')
 # The weights of a Hugging Face snapshot folder, in order of preference (no unpickling first).
-_SNAPSHOT_FILES = ('model.safetensors', 'pytorch_model.bin')
+SNAPSHOT_FILES = ('model.safetensors', 'pytorch_model.bin')
 
 
 def _resize_rpb(rpb: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -107,10 +107,10 @@ def read_checkpoint(filename: str, trusted: bool = False) -> Mapping[str, Any]:
     filename = osp.expanduser(fetch_checkpoint(filename))
     if not osp.isdir(filename):
         return load_checkpoint_file(filename, map_location='cpu', trusted=trusted)
-    files = [osp.join(filename, name) for name in _SNAPSHOT_FILES
+    files = [osp.join(filename, name) for name in SNAPSHOT_FILES
              if osp.isfile(osp.join(filename, name))]
     if not files:
-        raise FileNotFoundError(f'No {" or ".join(_SNAPSHOT_FILES)} in {filename}.')
+        raise FileNotFoundError(f'No {" or ".join(SNAPSHOT_FILES)} in {filename}.')
     try:
         return load_checkpoint_file(files[0], map_location='cpu', trusted=trusted)
     except CheckpointReadError as error:

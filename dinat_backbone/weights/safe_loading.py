@@ -27,19 +27,24 @@ the tools, or :class:`trust_checkpoints` around mmengine's own loading (``load_f
 Downloads (:func:`download_checkpoint`) are cached under a directory named by a hash of the full
 URL, so two URLs with the same file name never share an entry; a file name carrying a SHA-256
 prefix (torch.hub's ``name-<sha256 prefix>.ext``) is verified; the file appears in the cache
-only once complete (written to a temporary file, then renamed).
+only once complete (written to a temporary file, its length checked against the server's
+Content-Length, then renamed); a silent server fails after a timeout (60 s,
+``$DINAT_DOWNLOAD_TIMEOUT``).
 """
 import argparse
 import contextvars
 import functools
 import hashlib
+import http.client
 import os
 import os.path as osp
 import pickle
 import re
 import sys
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+import tempfile
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Set, Tuple, Union
 from urllib.parse import urlparse
+from urllib.request import Request, urlopen
 
 import torch
 
@@ -54,8 +59,9 @@ OPT_IN = ('trusted=True (load_pretrained, read_checkpoint, DiNATClassifier.load_
           'dinat_backbone.weights.safe_loading.trust_checkpoints():` around mmengine\'s loading '
           '(load_from, resume, init_cfg)')
 # torch.hub's naming convention, with at least the 8 hex digits its documentation asks for
-# (its own pattern, '-([a-f0-9]*)\.', would take the '224' of 'dinat-mini-224.pth' for a hash).
-HASH_IN_NAME = re.compile(r'-([a-f0-9]{8,64})\.')
+# (its own pattern, '-([a-f0-9]*)\.', would take the '224' of 'dinat-mini-224.pth' for a hash);
+# decimal digits only are a date or version ('dinat_tiny-20240101.pth'), not a hash.
+HASH_IN_NAME = re.compile(r'-(?![0-9]+\.)([a-f0-9]{8,64})\.')
 # The innermost trust_checkpoints block of this context, and the blocks that have not exited.
 _TRUST_TOKEN: contextvars.ContextVar = contextvars.ContextVar('dinat_trust_checkpoints',
                                                               default=None)
@@ -495,32 +501,115 @@ def load_checkpoint_file(filename: str, map_location: Any = None, trusted: bool 
         raise CheckpointReadError(f'Cannot read {filename} ({size} bytes): {reason}') from None
 
 
-def download_checkpoint(url: str, model_dir: Optional[str] = None,
-                        progress: bool = True) -> str:
+DOWNLOAD_TIMEOUT_ENV = 'DINAT_DOWNLOAD_TIMEOUT'
+DEFAULT_DOWNLOAD_TIMEOUT = 60.  # seconds without a byte from the server
+_MAX_NAME_BYTES = 255  # a file name's limit on Linux, macOS and Windows file systems
+
+
+def _cache_file_name(url: str) -> str:
+    """The URL's file name, made a valid one: ``''``, ``.`` and ``..`` become ``checkpoint``;
+    over 255 bytes, the stem is cut and the extension kept."""
+    name = osp.basename(urlparse(url).path)
+    if name in ('', '.', '..'):
+        return 'checkpoint'
+    if len(name.encode()) <= _MAX_NAME_BYTES:
+        return name
+    stem, ext = osp.splitext(name)
+    ext = ext if len(ext.encode()) <= 16 else ''
+    budget = _MAX_NAME_BYTES - len(ext.encode())
+    return stem.encode()[:budget].decode(errors='ignore') + ext
+
+
+def _download_timeout(timeout: Optional[float]) -> float:
+    if timeout is not None:
+        return timeout
+    value = os.environ.get(DOWNLOAD_TIMEOUT_ENV, '')
+    try:
+        return float(value) if value else DEFAULT_DOWNLOAD_TIMEOUT
+    except ValueError:
+        raise ValueError(f'{DOWNLOAD_TIMEOUT_ENV}={value!r} is not a number of seconds') from None
+
+
+def _fetch(url: str, part: BinaryIO, timeout: float, progress: bool) -> Tuple[int, str]:
+    """Stream ``url`` into ``part``; (bytes written, SHA-256). Raises OSError for an HTTP
+    error, a timeout or a body shorter or longer than its Content-Length."""
+    from torch.hub import tqdm  # tqdm, or torch's stand-in without it
+    request = Request(url, headers={'User-Agent': 'dinat-backbone'})
+    with urlopen(request, timeout=timeout) as response:
+        length = response.headers.get('Content-Length')
+        expected = int(length) if length and length.isdigit() else None
+        digest = hashlib.sha256()
+        written = 0
+        with tqdm(total=expected, disable=not progress, unit='B', unit_scale=True,
+                  unit_divisor=1024) as bar:
+            while True:
+                try:
+                    chunk = response.read(1 << 20)
+                except http.client.IncompleteRead as error:
+                    raise OSError(f'the connection closed after {written + len(error.partial)}'
+                                  f' of {expected} bytes') from error
+                if not chunk:
+                    break
+                part.write(chunk)
+                digest.update(chunk)
+                written += len(chunk)
+                bar.update(len(chunk))
+    if expected is not None and written != expected:
+        raise OSError(f'received {written} bytes, but the server announced {expected} '
+                      '(Content-Length)')
+    return written, digest.hexdigest()
+
+
+def download_checkpoint(url: str, model_dir: Optional[str] = None, progress: bool = True,
+                        timeout: Optional[float] = None) -> str:
     """Download ``url`` once; return the cached file's path.
 
     The cache entry is ``<model_dir>/<hash of the full URL>/<file name>`` (``model_dir``
-    defaults to torch.hub's ``<hub dir>/checkpoints``). A file name of torch.hub's form
-    ``name-<8+ hex digits of its SHA-256>.ext`` is verified. The file is written to a
-    temporary file in the same directory and renamed into place when complete.
+    defaults to torch.hub's ``<hub dir>/checkpoints``; the file name is the URL's, ``checkpoint``
+    for an empty one, ``.`` or ``..``, cut to 255 bytes keeping its extension). A file name of
+    torch.hub's form ``name-<8+ hex digits of its SHA-256>.ext`` is verified (a run of decimal
+    digits only, e.g. a date, is not taken for a hash). The file is written to a temporary file
+    in the same directory, its length checked against the server's Content-Length, and renamed
+    into place only when complete: a failed or cut-off download leaves nothing in the cache.
+
+    Args:
+        timeout (float, optional): Seconds the server may stay silent (connecting or sending)
+            before the download fails. Default: ``$DINAT_DOWNLOAD_TIMEOUT``, else 60.
 
     Raises:
+        OSError: the download failed (HTTP error, timeout, a body shorter than announced);
+            the message names the URL and the cache path.
         RuntimeError: the content does not match the hash in its name (nothing is cached).
     """
-    name = osp.basename(urlparse(url).path) or 'checkpoint'
+    timeout = _download_timeout(timeout)
+    name = _cache_file_name(url)
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
     directory = osp.join(model_dir or osp.join(torch.hub.get_dir(), 'checkpoints'), key)
     path = osp.join(directory, name)
-    if not osp.isfile(path):
-        os.makedirs(directory, exist_ok=True)
-        match = HASH_IN_NAME.search(name)
-        hash_prefix = match.group(1) if match else None
-        # torch.hub writes '<path>.<uuid>.partial', checks the hash, then renames it to <path>;
-        # it raises RuntimeError only for a hash mismatch.
-        try:
-            torch.hub.download_url_to_file(url, path, hash_prefix, progress=progress)
-        except RuntimeError as error:
+    if osp.isfile(path):
+        return path
+    os.makedirs(directory, exist_ok=True)
+    match = HASH_IN_NAME.search(osp.basename(urlparse(url).path))
+    hash_prefix = match.group(1) if match else None
+    descriptor, part_path = tempfile.mkstemp(dir=directory, prefix='.download-', suffix='.part')
+    try:
+        with os.fdopen(descriptor, 'wb') as part:
+            try:
+                _, sha256 = _fetch(url, part, timeout, progress)
+            except (OSError, http.client.HTTPException) as error:
+                reason = (f'no data for {timeout:g} s (the timeout: timeout= or '
+                          f'${DOWNLOAD_TIMEOUT_ENV})' if isinstance(error, TimeoutError) or
+                          'timed out' in str(error) else str(error) or type(error).__name__)
+                raise OSError(f'Download of {url} to {path} failed: {reason}. Nothing was '
+                              'cached; the next load downloads it again.') from error
+            part.flush()
+            os.fsync(part.fileno())
+        if hash_prefix is not None and not sha256.startswith(hash_prefix):
             raise RuntimeError(f'Download of {url} is corrupt or not the file its name '
-                               f'promises (SHA-256 prefix {hash_prefix}): {error}. Nothing '
-                               'was cached.') from error
+                               f'promises (SHA-256 prefix {hash_prefix}, got {sha256[:16]}). '
+                               f'Nothing was cached at {path}.')
+        os.replace(part_path, path)
+    finally:
+        if osp.exists(part_path):
+            os.remove(part_path)
     return path
