@@ -334,6 +334,23 @@ TOOLS = [
         "--out: '{tmp}' is a directory; give a file name"),
     row('export-out-indices-descending', 'export_onnx',
         ['mini', '--checkpoint', '{missing}', '--out-indices', '2', '1'], 2, 'use (1, 2)'),
+    row('convert-dst-is-a-directory', 'convert_checkpoint', ['{missing}', '{tmp}'], 2,
+        "DST: '{tmp}' is a directory; give a file name"),
+    row('convert-src-directory-without-checkpoint', 'convert_checkpoint',
+        ['{tmp}', '{tmp}/out.pth'], 2, "SRC: '{tmp}' is a directory without a checkpoint"),
+    row('convert-config-missing', 'convert_checkpoint',
+        ['{missing}', '{tmp}/out.pth', '--task', '--config', '{tmp}/nope.py'], 2,
+        "--config: no such file: '{tmp}/nope.py'"),
+    row('train-config-without-model', 'train', ['{no_model}'], 1,
+        "'{no_model}' defines no `model`"),
+    row('test-config-without-model', 'test', ['{no_model}', '{ckpt}'], 1,
+        "'{no_model}' defines no `model`"),
+    row('train-cfg-options-into-a-non-dict', 'train',
+        ['{config}', '--cfg-options', 'model=1', 'model.type=x'], 1,
+        "--cfg-options model.type='x' does not fit the config '{config}': TypeError"),
+    row('test-cfg-options-into-a-non-dict', 'test',
+        ['{config}', '{ckpt}', '--cfg-options', 'model=1', 'model.type=x'], 1,
+        "--cfg-options model.type='x' does not fit the config '{config}': TypeError"),
 ]
 
 
@@ -341,11 +358,12 @@ TOOLS = [
 def tool_paths(tmp_path) -> dict:
     paths = dict(tmp=tmp_path, file=tmp_path / 'a_file', empty_jpg=tmp_path / 'empty.jpg',
                  missing=tmp_path / 'missing.pth', ckpt=tmp_path / 'ckpt.pth',
-                 config=tmp_path / 'config.py')
+                 config=tmp_path / 'config.py', no_model=tmp_path / 'no_model.py')
     paths['file'].write_text('not a directory')
     paths['empty_jpg'].write_bytes(b'')
     paths['ckpt'].write_bytes(b'')
     paths['config'].write_text("default_scope = 'mmseg'\nmodel = dict(type='NotRegistered')\n")
+    paths['no_model'].write_text("default_scope = 'mmseg'\ntrain_cfg = dict()\n")
     return {k: str(v) for k, v in paths.items()}
 
 
