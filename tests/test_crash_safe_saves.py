@@ -56,7 +56,8 @@ class IterationScore(BaseMetric):
         self.results.append(None)
 
     def compute_metrics(self, results):
-        return dict(score=float(MessageHub.get_current_instance().get_info('iter') + 1))
+        # (no iteration in a tools/test.py run: score 1)
+        return dict(score=float((MessageHub.get_current_instance().get_info('iter') or 0) + 1))
 
 
 class _KillHalfway:
@@ -322,7 +323,8 @@ def wait_until_stopped(process: subprocess.Popen, timeout: float = 300) -> None:
 @pytest.mark.skipif(not Path('/proc/self/stat').exists(), reason='reads /proc (Linux)')
 def test_a_second_training_in_the_work_dir_is_refused(make_config, support_dir, tmp_path):
     """A training paused in the middle of writing iter_2.pth holds the work_dir: a second one
-    there exits at once naming it and leaves its .part alone; the first then finishes."""
+    there exits at once naming it and leaves its .part alone (tools/test.py there runs); the
+    first then finishes."""
     config, work_dir = make_config('CrashSafeCheckpointHook'), tmp_path / 'work'
     first = subprocess.Popen(
         **script_command('train.py', [config, '--work-dir', str(work_dir)],
@@ -333,6 +335,10 @@ def test_a_second_training_in_the_work_dir_is_refused(make_config, support_dir, 
         [partial] = partial_files(work_dir)
         log = train(config, work_dir, support_dir, expect_ok=False)
         assert f'is in use by another training (pid {first.pid} on ' in log
+        assert partial_files(work_dir) == [partial]
+        # an evaluation in the work_dir meanwhile is no training: it runs
+        assert_ok(run_script('test.py', [config, str(work_dir / 'iter_1.pth'),
+                                         '--work-dir', str(work_dir)], env=train_env(support_dir)))
         assert partial_files(work_dir) == [partial]
         first.send_signal(signal.SIGCONT)
         assert first.wait(timeout=300) == 0, first.communicate()[1][-3000:]
@@ -355,7 +361,7 @@ def test_full_disk_fails_before_writing_with_the_numbers(make_config, support_di
     result = run_script('train.py', [config, '--work-dir', str(work_dir)],
                         env=train_env(support_dir, FREE_DISK_BYTES=str(2**20)))
     assert result.returncode == 1, result.stderr[-3000:]
-    assert 'The next save will fail: free space there.' in result.stdout + result.stderr
+    assert 'Saving will fail: free space there.' in result.stdout + result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert re.fullmatch(
         rf'error: Not enough disk space to save {re.escape(str(work_dir / "iter_1.pth"))}: it '

@@ -17,7 +17,7 @@ is either its old complete file or its new complete one; what can remain is a hi
 ``.<name>.<random>.part`` file (removed when training starts again in that directory) or one
 checkpoint too many.
 
-It also takes a lock on its directories for the whole run (a second training there is refused
+While it trains it also holds a lock on its directories (a second training there is refused
 instead of deleting the first one's ``.part`` files), makes ``--resume`` pick the newest
 complete checkpoint when ``last_checkpoint`` is missing or behind, and checks the free disk
 space before each write.
@@ -207,8 +207,9 @@ class CrashSafeCheckpointHook(CheckpointHook):
     * the checkpoint rotated out by ``max_keep_ckpts`` and the previous best are removed after
       the new checkpoint and ``last_checkpoint`` are in place, not before;
     * partial files left by a killed run are removed when training starts;
-    * the main process holds the lock of the work and checkpoint directories (:func:`lock_directory`;
-      POSIX only) from ``before_run`` to ``after_run``: a second training there stops at once;
+    * while training, the main process holds the lock of the work and checkpoint directories
+      (:func:`lock_directory`; POSIX only): a second training there stops at once (evaluations
+      with ``tools/test.py`` do not take it);
     * ``--resume`` without a path takes the newest complete checkpoint of the directory (highest
       step of ``filename_tmpl``; ``best_*`` and ``.part`` files never) when ``last_checkpoint``
       is missing, names an incomplete file or an older step;
@@ -220,7 +221,7 @@ class CrashSafeCheckpointHook(CheckpointHook):
         default_hooks = dict(checkpoint=dict(type='CrashSafeCheckpointHook', interval=4000))
     """
 
-    _locks: List[IO[str]] = []
+    _locks: Tuple[IO[str], ...] = ()
 
     def _local_checkpoint_dir(self, runner) -> Optional[str]:
         """Where the checkpoints go (as ``before_train`` computes it), if that is local."""
@@ -235,17 +236,15 @@ class CrashSafeCheckpointHook(CheckpointHook):
     def before_run(self, runner) -> None:
         super().before_run(runner)
         checkpoint_dir = self._local_checkpoint_dir(runner)
-        if is_main_process() and os.name == 'posix':
-            self._locks = [lock_directory(d) for d in sorted({runner.work_dir, checkpoint_dir}
-                                                             - {None})]
         # Runner.train resumes after before_run: choose the checkpoint now (every rank alike).
         if runner._resume and runner._load_from is None and checkpoint_dir is not None:
             self._choose_resume_checkpoint(runner, checkpoint_dir)
 
-    def after_run(self, runner) -> None:
+    def after_train(self, runner) -> None:
+        super().after_train(runner)
         for lock in self._locks:
             lock.close()
-        self._locks = []
+        self._locks = ()
 
     def _step_of(self, name: str) -> Optional[int]:
         """The step of a checkpoint file named by ``filename_tmpl`` (None for other names)."""
@@ -282,6 +281,11 @@ class CrashSafeCheckpointHook(CheckpointHook):
                               f'checkpoint {runner._load_from}.')
 
     def before_train(self, runner) -> None:
+        # Training only (test.py and val runs may share the work_dir), before any file changes.
+        checkpoint_dir = self._local_checkpoint_dir(runner)
+        if is_main_process() and os.name == 'posix':
+            self._locks = tuple(lock_directory(d) for d in sorted({runner.work_dir,
+                                                                   checkpoint_dir} - {None}))
         out_dir = self.out_dir or runner.work_dir
         if (self.backend_args is None and self.file_client_args is None
                 and isinstance(get_file_backend(out_dir), LocalBackend)):
@@ -311,7 +315,7 @@ class CrashSafeCheckpointHook(CheckpointHook):
                    f'a save needs {_mib(need)} free beyond the checkpoints kept, and '
                    f'{self.out_dir} has {_mib(free)} free.')
         if free < need:
-            runner.logger.warning(message + ' The next save will fail: free space there.')
+            runner.logger.warning(message + ' Saving will fail: free space there.')
         else:
             runner.logger.info(message)
 
