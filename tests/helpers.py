@@ -117,6 +117,13 @@ def free_port() -> int:
 def run_script(script: str, args: List[str], env: Optional[Dict[str, str]] = None,
                timeout: float = 300) -> subprocess.CompletedProcess:
     """Run a ``tools/`` script (python or bash) in a subprocess with this interpreter."""
+    return subprocess.run(**script_command(script, args, env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def script_command(script: str, args: List[str],
+                   env: Optional[Dict[str, str]] = None) -> Dict[str, object]:
+    """The ``subprocess`` arguments (args, cwd, env) that run a ``tools/`` script."""
     full_env = dict(os.environ)
     full_env['PYTHONPATH'] = os.pathsep.join(
         [str(REPO_ROOT)] + [p for p in [full_env.get('PYTHONPATH')] if p])
@@ -126,8 +133,7 @@ def run_script(script: str, args: List[str], env: Optional[Dict[str, str]] = Non
     full_env.update(env or {})
     path = str(TOOLS / script)
     cmd = ['bash', path] if script.endswith('.sh') else [sys.executable, path]
-    return subprocess.run(cmd + list(args), cwd=str(REPO_ROOT), env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return dict(args=cmd + list(args), cwd=str(REPO_ROOT), env=full_env)
 
 
 def load_tool(name: str) -> ModuleType:

@@ -17,19 +17,24 @@ records exists, and the last ``--resume`` finishes the run. The same kills again
 ``CheckpointHook``, in fresh runs started together, show the bug guarded against.
 """
 import os
+import re
 import signal
+import subprocess
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import pytest
 import torch
 
-from dinat_backbone.engine.checkpoint_hook import atomic_torch_save, atomic_write
+from dinat_backbone.engine import checkpoint_hook
+from dinat_backbone.engine.checkpoint_hook import (InsufficientDiskSpaceError, atomic_torch_save,
+                                                   atomic_write)
 from dinat_backbone.weights.safe_loading import load_checkpoint_file
 
-from helpers import REPO_ROOT, assert_ok, run_script
+from helpers import REPO_ROOT, assert_ok, run_script, script_command
 
 # Imported by the test config (custom_imports) in each training process.
 SUPPORT_MODULE = '''\
@@ -51,14 +56,16 @@ class IterationScore(BaseMetric):
         self.results.append(None)
 
     def compute_metrics(self, results):
-        return dict(score=float(MessageHub.get_current_instance().get_info('iter') + 1))
+        # (no iteration in a tools/test.py run: score 1)
+        return dict(score=float((MessageHub.get_current_instance().get_info('iter') or 0) + 1))
 
 
 class _KillHalfway:
-    """A file whose first write stores half the bytes, then SIGKILLs this process."""
+    """A file whose first write stores half the bytes, then SIGKILLs this process (or SIGSTOPs
+    it, and writes the rest once continued)."""
 
-    def __init__(self, file):
-        self._file = file
+    def __init__(self, file, sig):
+        self._file, self._signal = file, sig
 
     def __getattr__(self, name):
         return getattr(self._file, name)
@@ -72,13 +79,15 @@ class _KillHalfway:
     def write(self, data):
         self._file.write(data[:len(data) // 2])
         self._file.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), self._signal)
+        return self._file.write(data[len(data) // 2:])
 
 
-# KILL_DURING_WRITE=NAME:N kills during the N-th binary write of NAME, or of a hidden
-# temporary file named after it ('.NAME...').
+# KILL_DURING_WRITE=NAME:N[:STOP] kills (stops) during the N-th binary write of NAME, or of a
+# hidden temporary file named after it ('.NAME...').
 if os.environ.get('KILL_DURING_WRITE'):
-    _name, _nth = os.environ['KILL_DURING_WRITE'].split(':')
+    _name, _nth, *_stop = os.environ['KILL_DURING_WRITE'].split(':')
+    _signal = signal.SIGSTOP if _stop == ['STOP'] else signal.SIGKILL
     _writes = []
     _open = builtins.open
 
@@ -88,10 +97,15 @@ if os.environ.get('KILL_DURING_WRITE'):
                 os.path.basename(str(file)).lstrip('.').startswith(_name):
             _writes.append(file)
             if len(_writes) == int(_nth):
-                return _KillHalfway(f)
+                return _KillHalfway(f, _signal)
         return f
 
     builtins.open = _open_killing
+
+# FREE_DISK_BYTES=N: the free-space query of the checkpoint hook reports N bytes (a full disk).
+if os.environ.get('FREE_DISK_BYTES'):
+    from dinat_backbone.engine import checkpoint_hook
+    checkpoint_hook.free_disk_bytes = lambda directory: int(os.environ['FREE_DISK_BYTES'])
 '''
 
 CONFIG = '''\
@@ -146,16 +160,21 @@ def make_config(tiny_seg_config, tmp_path):
     return make
 
 
+def train_env(support_dir: Path, **env: str) -> Dict[str, str]:
+    """The environment of a training that imports the support module (``env`` added)."""
+    return dict(PYTHONPATH=os.pathsep.join([str(support_dir), str(REPO_ROOT)]), **env)
+
+
 def train(config: str, work_dir: Path, support_dir: Path, kill_during: Optional[str] = None,
-          resume: bool = False) -> str:
+          resume: bool = False, expect_ok: bool = True) -> str:
     """Run tools/train.py, killed during the write ``kill_during`` ('NAME:N') if given; the log.
     """
-    env = dict(PYTHONPATH=os.pathsep.join([str(support_dir), str(REPO_ROOT)]))
-    if kill_during:
-        env['KILL_DURING_WRITE'] = kill_during
+    env = train_env(support_dir, **({'KILL_DURING_WRITE': kill_during} if kill_during else {}))
     result = run_script('train.py', [config, '--work-dir', str(work_dir)] +
                         (['--resume'] if resume else []), env=env)
-    if kill_during:
+    if not expect_ok:
+        assert result.returncode == 1, f'exit {result.returncode}:\n{result.stderr[-3000:]}'
+    elif kill_during:
         assert result.returncode == -signal.SIGKILL, (
             f'not killed during {kill_during} (exit {result.returncode}):\n'
             f'{result.stdout[-3000:]}\n{result.stderr[-3000:]}')
@@ -252,3 +271,112 @@ def test_atomic_torch_save_writes_a_loadable_file_or_nothing(tmp_path):
         atomic_torch_save({'bad': lambda: None}, str(target))  # cannot be pickled
     assert torch.equal(load_checkpoint_file(str(target))['state_dict']['w'], torch.arange(3.))
     assert [p.name for p in tmp_path.iterdir()] == ['converted.pth']
+
+
+def resumed_iter(log: str) -> int:
+    """The iteration a resumed run starts from (mmengine's 'resumed epoch: E, iter: I')."""
+    return int(re.search(r'resumed epoch: \d+, iter: (\d+)', log).group(1))
+
+
+@pytest.mark.slow
+def test_resume_finds_the_newest_complete_checkpoint(make_config, support_dir, tmp_path):
+    """Killed during the first last_checkpoint write (iter_1.pth complete), --resume continues
+    from iter_1.pth, not from scratch; with last_checkpoint naming a removed file beside a
+    truncated newer checkpoint, a best_* and a .part, it takes the newest complete iter_N.pth."""
+    config, work_dir = make_config('CrashSafeCheckpointHook'), tmp_path / 'work'
+    train(config, work_dir, support_dir, 'last_checkpoint:1')
+    assert not (work_dir / 'last_checkpoint').exists() and is_complete(work_dir / 'iter_1.pth')
+    log = train(config, work_dir, support_dir, resume=True)
+    assert 'latest checkpoint None' not in log
+    assert ('last_checkpoint is missing; resuming from the newest complete checkpoint '
+            f'{work_dir / "iter_1.pth"}.') in log and resumed_iter(log) == 1
+    assert latest(work_dir) == work_dir / 'iter_4.pth'
+    # best_*: mmengine's content, the weights without optimizer or scheduler state
+    best = load_checkpoint_file(str(work_dir / 'best_score_iter_4.pth'), map_location='cpu')
+    assert 'state_dict' in best and not {'optimizer', 'param_schedulers'} & set(best)
+
+    # the start-up estimate of a checkpoint's size is within 20% of the real size
+    estimate = float(re.search(r'Checkpoints of this run are about ([\d.]+) MiB', log).group(1))
+    assert abs(estimate * 2**20 / (work_dir / 'iter_4.pth').stat().st_size - 1) < 0.2
+
+    complete = (work_dir / 'iter_4.pth').read_bytes()
+    (work_dir / 'iter_9.pth').write_bytes(complete[:len(complete) // 2])  # killed mmengine save
+    (work_dir / 'best_score_iter_99.pth').write_bytes(complete)
+    (work_dir / '.iter_7.pth.0123abcd.part').write_bytes(complete)
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_2.pth'))  # removed since
+    log = train(config, work_dir, support_dir, resume=True)
+    assert (f'names {work_dir / "iter_2.pth"}, which is incomplete or gone; resuming from the '
+            f'newest complete checkpoint {work_dir / "iter_4.pth"}.') in log
+    assert resumed_iter(log) == 4
+
+
+def wait_until_stopped(process: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait for ``process`` to stop itself (SIGSTOP); fail if it ends or takes too long."""
+    deadline = time.monotonic() + timeout
+    while Path(f'/proc/{process.pid}/stat').read_text().split(') ')[1][0] != 'T':
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, 'the training never reached the paused write'
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path('/proc/self/stat').exists(), reason='reads /proc (Linux)')
+def test_a_second_training_in_the_work_dir_is_refused(make_config, support_dir, tmp_path):
+    """A training paused in the middle of writing iter_2.pth holds the work_dir: a second one
+    there exits at once naming it and leaves its .part alone (tools/test.py there runs); the
+    first then finishes."""
+    config, work_dir = make_config('CrashSafeCheckpointHook'), tmp_path / 'work'
+    first = subprocess.Popen(
+        **script_command('train.py', [config, '--work-dir', str(work_dir)],
+                         train_env(support_dir, KILL_DURING_WRITE='iter_2.pth:1:STOP')),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_stopped(first)
+        [partial] = partial_files(work_dir)
+        log = train(config, work_dir, support_dir, expect_ok=False)
+        assert f'is in use by another training (pid {first.pid} on ' in log
+        assert partial_files(work_dir) == [partial]
+        # an evaluation in the work_dir meanwhile is no training: it runs
+        assert_ok(run_script('test.py', [config, str(work_dir / 'iter_1.pth'),
+                                         '--work-dir', str(work_dir)], env=train_env(support_dir)))
+        assert partial_files(work_dir) == [partial]
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=300) == 0, first.communicate()[1][-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert latest(work_dir) == work_dir / 'iter_4.pth'
+    assert all(is_complete(p) for p in work_dir.glob('*.pth')) and not partial_files(work_dir)
+    # the lock of the finished (or a killed) run is no obstacle
+    log = train(config, work_dir, support_dir, resume=True)
+    assert resumed_iter(log) == 4
+
+
+@pytest.mark.slow
+def test_full_disk_fails_before_writing_with_the_numbers(make_config, support_dir, tmp_path):
+    """The free-space query reports 1 MiB: training warns at start with its estimate, and the
+    first save stops it with one line giving both sizes, before any file is written."""
+    config, work_dir = make_config('CrashSafeCheckpointHook'), tmp_path / 'work'
+    result = run_script('train.py', [config, '--work-dir', str(work_dir)],
+                        env=train_env(support_dir, FREE_DISK_BYTES=str(2**20)))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert 'Saving will fail: free space there.' in result.stdout + result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf'error: Not enough disk space to save {re.escape(str(work_dir / "iter_1.pth"))}: it '
+        rf'needs [\d.]+ MiB \(\d+ bytes\) and {re.escape(str(work_dir))} has 1.0 MiB '
+        r'\(1048576 bytes\) free. Nothing was written or removed.', error), error
+    assert not list(work_dir.glob('*.pth')) and not partial_files(work_dir)
+
+
+def test_atomic_write_checks_the_free_space_first(tmp_path, monkeypatch):
+    target = tmp_path / 'iter_1.pth'
+    atomic_write(str(target), b'old')
+    monkeypatch.setattr(checkpoint_hook, 'free_disk_bytes', lambda directory: 5)
+    with pytest.raises(InsufficientDiskSpaceError, match=r'needs 0.0 MiB \(6 bytes\) and .* '
+                       r'has 0.0 MiB \(5 bytes\) free'):
+        atomic_write(str(target), b'newest')
+    atomic_write(str(target), b'new')  # what fits is written
+    assert target.read_bytes() == b'new' and [p.name for p in tmp_path.iterdir()] == [
+        'iter_1.pth']

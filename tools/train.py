@@ -11,6 +11,8 @@ On top of those tools, this one
   (naming the expected layout) and ``--amp`` without a GPU;
 * runs ``--launcher pytorch`` on machines without CUDA (gloo process group, DDP without
   ``device_ids``, SyncBN as BN), which mmengine 0.10.7 cannot do by itself;
+* ends with one line when the work_dir is in use by another training or the disk is too full
+  for the next checkpoint (CrashSafeCheckpointHook);
 * prints where the checkpoints and logs went.
 
 Examples::
@@ -30,6 +32,7 @@ from typing import Any, Optional, Sequence
 
 from mmengine.config import Config
 
+from dinat_backbone.engine.checkpoint_hook import InsufficientDiskSpaceError, WorkDirInUseError
 from dinat_backbone.engine.runner import (add_common_args, build_runner, check_dataset_paths,
                                           load_config, loading_checkpoints, parse_with_local_rank,
                                           set_work_dir, setup_distributed)
@@ -140,7 +143,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     with loading_checkpoints(args.trust_checkpoint):
         runner = build_runner(cfg)
-        runner.train()
+        try:
+            runner.train()
+        except (WorkDirInUseError, InsufficientDiskSpaceError) as error:
+            raise SystemExit(f'error: {error}') from None
     _report(runner)
 
 
