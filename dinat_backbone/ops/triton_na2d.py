@@ -29,6 +29,8 @@ cannot run bfloat16 matmuls correctly, nor reveal races.
 """
 import math
 import os
+import re
+import warnings
 from functools import lru_cache
 from types import ModuleType
 from typing import Any, Optional, Tuple
@@ -51,12 +53,23 @@ TILE = 8
 # spill at 4 (776 bytes of stack for dq/d(rpb)) and barely at 8.
 FORWARD_WARPS = 4
 BACKWARD_WARPS = 8
+# The oldest Triton the kernels are verified with (interpreter tests, sm_90 compilation). The
+# `triton` extra also accepts the older ones that torch < 2.11 pins: those get the tiled version.
+MIN_TRITON = (3, 6)
 
 
 @lru_cache(maxsize=None)
 def triton_kernels() -> Optional[ModuleType]:
-    """The kernel module, or None where Triton is not installed (or fails to import)."""
+    """The kernel module, or None where Triton is not installed (or fails to import) or is
+    older than ``MIN_TRITON`` (with a warning)."""
     try:
+        import triton
+        found = triton.__version__
+        if tuple(map(int, re.match(r'(\d+)\.(\d+)', found).groups())) < MIN_TRITON:
+            warnings.warn(f'dinat_backbone: triton {found} is older than the Triton kernels '
+                          f'need ({".".join(map(str, MIN_TRITON))}); CUDA tensors use the '
+                          'tiled PyTorch implementation instead.')
+            return None
         from . import _triton_kernels
     except ImportError:
         return None
@@ -71,15 +84,16 @@ def triton_supports(query: torch.Tensor, kernel: Optional[Tuple[int, int]],
                     attn_drop: float = 0.0) -> bool:
     """Whether ``backend='auto'`` may run the kernels: a CUDA tensor of a supported dtype and
     head dim, a supported (normalised) kernel size (None: not known, not checked), no
-    attention dropout, and Triton importable."""
+    attention dropout, and Triton importable and not older than ``MIN_TRITON``."""
     return query.is_cuda and attn_drop == 0.0 and _refusal(query, kernel) is None
 
 
 def _refusal(query: torch.Tensor, kernel: Optional[Tuple[int, int]]) -> Optional[Exception]:
     """Why the kernels cannot run on ``query`` (the error that forcing them raises), or None."""
     if triton_kernels() is None:
-        return RuntimeError("backend='triton' needs the triton package (pip install triton); "
-                            "use backend='auto' or 'torch' without it.")
+        return RuntimeError("backend='triton' needs the triton package, version "
+                            f"{'.'.join(map(str, MIN_TRITON))} or newer; use backend='auto' or "
+                            "'torch' without it.")
     if not query.is_cuda and not _interpreting():
         return RuntimeError(f"backend='triton' runs on CUDA tensors, got {query.device=}. "
                             'On the CPU set TRITON_INTERPRET=1 before starting Python to run '
