@@ -119,7 +119,7 @@ def representative_variants():
     sizes), where registers run out first."""
     from dinat_backbone.analysis.kernel_static import model_variants
     variants = model_variants()
-    assert len(set(variants)) == len(variants) == 72
+    assert len(set(variants)) == len(variants) == 68
     chosen = [v for v in variants if v.dtype == 'bf16' and v.block_d == 32]
     chosen += [v for v in variants if v.block_d == 64 and v.has_rpb and v.dtype != 'bf16'
                and v.deterministic == (v.rpb_size == 32)]

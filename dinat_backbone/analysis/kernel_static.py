@@ -14,10 +14,10 @@ import os
 import re
 import subprocess
 import tempfile
-from typing import Callable, Dict, Iterable, List, NamedTuple, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 __all__ = ['KernelVariant', 'VariantStats', 'compile_variant', 'main', 'model_variants',
-           'static_report']
+           'occupancy', 'static_report']
 
 # Per SM, sm_80 and sm_90 alike: 64K registers, 64 resident warps, 32 blocks; shared memory
 # usable by blocks (KB): sm_80 164, sm_90 228 (less 1 KB reserved per block).
@@ -28,7 +28,7 @@ SHARED_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
 RESERVED_SHARED_PER_BLOCK = 1024
 
 HEAD_DIMS = (32, 64)
-RPB_SIZE_CLASSES = (16, 32)  # padded d(rpb) tables: kernel sizes 3..7 and 9..13
+RPB_SIZE_CLASSES = (16, 32)  # padded d(rpb) tables: kernel sizes 3..7 and 9..13 (16 bits)
 # (input dtype, float32 matmul precision): 16-bit inputs ignore the precision.
 DTYPE_PRECISIONS = (('fp32', 'ieee'), ('fp32', 'tf32'), ('fp16', 'tf32'), ('bf16', 'tf32'))
 KERNELS = ('fwd', 'bwd_query', 'bwd_key')
@@ -75,7 +75,9 @@ def model_variants() -> List[KernelVariant]:
         if not has_rpb:
             variants.append(KernelVariant('bwd_query', **common))
             continue
-        for rpb_size, deterministic in itertools.product(RPB_SIZE_CLASSES, (False, True)):
+        # float32 with head dims over 32 pads every table to 32 (rpb_table_size).
+        sizes = RPB_SIZE_CLASSES[1:] if dtype == 'fp32' and block_d > 32 else RPB_SIZE_CLASSES
+        for rpb_size, deterministic in itertools.product(sizes, (False, True)):
             variants.append(KernelVariant('bwd_query', **common, rpb_size=rpb_size,
                                           deterministic=deterministic))
     return variants
@@ -169,11 +171,10 @@ def compile_variant(variant: KernelVariant, arch: int) -> VariantStats:
 
 
 def static_report(archs: Iterable[int] = (90, 80), out: Callable[[str], None] = print,
-                  variants: Iterable[KernelVariant] = None) -> int:
+                  variants: Optional[Iterable[KernelVariant]] = None) -> int:
     """Compile every variant (default: :func:`model_variants`) for each architecture, print
     one row each with ``out`` and, last, ``spills: <total bytes> bytes in <n> variants``.
     Returns the total spill bytes."""
-    from ..ops.triton_na2d import FLOAT32_NOTICE
     variants = list(model_variants() if variants is None else variants)
     out('| arch | variant | warps | registers | spill B | stack B | shared B | occupancy |')
     out('| --- | --- | --- | --- | --- | --- | --- | --- |')
@@ -186,8 +187,6 @@ def static_report(archs: Iterable[int] = (90, 80), out: Callable[[str], None] = 
             out(f'| sm_{arch} | {variant.name()} | {stats.num_warps} | {stats.registers} | '
                 f'{stats.spill_bytes} | {stats.stack_bytes} | {stats.shared_bytes} | '
                 f'{stats.occupancy:.3f} |')
-    if FLOAT32_NOTICE:
-        out(FLOAT32_NOTICE)
     out(f'spills: {total} bytes in {count} variants')
     return total
 

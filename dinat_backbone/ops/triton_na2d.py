@@ -48,13 +48,14 @@ from torch.autograd.function import once_differentiable
 from ._checks import IntOrPair, NA2DArgs, check_na2d_args
 from .tiled import run_tiled
 
-__all__ = ['FLOAT32_NOTICE', 'KernelConfig', 'kernel_config', 'na2d_triton', 'run_triton',
+__all__ = ['KernelConfig', 'kernel_config', 'na2d_triton', 'run_triton',
            'triton_kernels', 'triton_supports']
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 KERNEL_SIZES = range(3, 14, 2)
-# Query tiles and key blocks per axis (the products, 64, are the matmul sizes).
+# Query tiles per axis (the forward and dq kernels; key tiles in the dk/dv kernel). The blocks
+# they loop over are set per variant by kernel_config.
 TILE = 8
 
 
@@ -78,12 +79,15 @@ def kernel_config(kernel: str, dtype: str, precision: str, block_d: int, has_rpb
     'bwd_key'; ``dtype``: 'fp32', 'fp16' or 'bf16'), chosen so that no variant spills
     registers on sm_80 or sm_90 (``python -m dinat_backbone.analysis.kernel_static``)."""
     blocks = ('QUERIES_Y', 'QUERIES_X') if kernel == 'bwd_key' else ('KEYS_Y', 'KEYS_X')
-    # Measured with ptxas for sm_80 and sm_90 (docs/benchmarks.md): 8x8 blocks (64-wide
-    # matmuls) where they fit in the registers; float32 holds twice the bytes per block, and
-    # the d(rpb) one-hot sums add [table, 64] blocks, so those take 4x8 or 4x4 blocks and one
-    # pipelining stage (each stage buffers a block in registers while it waits).
+    # Measured with ptxas for sm_80 and sm_90 (kernel_static): 8x8 key blocks (64-wide
+    # matmuls) where they fit in the registers; float32 holds twice the bytes per block and
+    # computes 'ieee' matmuls on CUDA cores, and the d(rpb) one-hot sums add [table, keys]
+    # blocks, so those take 4x4 blocks and one pipelining stage (each stage holds a block
+    # in flight); the dk/dv kernel, with two accumulators, and head dims over 32 take 4x8.
     if dtype == 'fp32':
-        block, stages = (4, 4), 1
+        # One exception, measured: the TF32 dk/dv kernel at head dim 64 spills at one stage.
+        tf32_key_d64 = kernel == 'bwd_key' and precision == 'tf32' and block_d > 32
+        block, stages = (4, 4), (2 if tf32_key_d64 else 1)
     elif kernel == 'bwd_query' and has_rpb:
         block, stages = (4, 4), 1
     elif kernel == 'bwd_key' or block_d > 32:
@@ -101,10 +105,6 @@ def triton_kernels() -> Optional[ModuleType]:
     except ImportError:
         return None
     return _triton_kernels
-
-
-# Printed by the static report when float32 variants are routed elsewhere (empty: none are).
-FLOAT32_NOTICE = ''
 
 
 def _interpreting() -> bool:
@@ -139,6 +139,14 @@ def _refusal(query: torch.Tensor, kernel: Optional[Tuple[int, int]]) -> Optional
         return ValueError("backend='triton' takes odd kernel sizes 3..13, got "
                           f"kernel_size={kernel}; use backend='torch'.")
     return None
+
+
+def rpb_table_size(kernel: Tuple[int, int], query: torch.Tensor) -> Tuple[int, int]:
+    """The padded d(rpb) table of the dq/d(rpb) kernel, per axis: a power of two >= 2k-1,
+    at least 16, and at least 32 for float32 with head dims over 32, whose 16-wide variants
+    spill registers (ptxas for sm_90; the 32-wide ones do not)."""
+    floor = 32 if query.dtype == torch.float32 and query.shape[-1] > 32 else 16
+    return tuple(max(floor, _next_power_of_2(2 * k - 1)) for k in kernel)
 
 
 def _launch_config(name: str, query: torch.Tensor, kernel: Tuple[int, int],
@@ -205,7 +213,7 @@ def _backward_query(kernels: ModuleType, query: torch.Tensor, key: torch.Tensor,
     partial sums it was reduced from (``[batch * heads, tiles, RY, RX]``, padded)."""
     grad_query = torch.empty_like(query)
     grid = _grid(query, dilation)
-    rpb_y, rpb_x = (max(16, _next_power_of_2(2 * k - 1)) for k in kernel)
+    rpb_y, rpb_x = rpb_table_size(kernel, query)
     partials = grad_rpb = None
     if rpb is not None and deterministic:
         partials = torch.empty(grid[1], grid[0], rpb_y, rpb_x, dtype=torch.float32,
@@ -291,8 +299,7 @@ def _variant(query: torch.Tensor, rpb: Optional[torch.Tensor],
     if dtype == 'fp32':
         dtype += '-' + _float32_precision()
     block_d = max(16, _next_power_of_2(query.shape[-1]))
-    table = (tuple(max(16, _next_power_of_2(2 * k - 1)) for k in kernel)
-             if rpb is not None else None)
+    table = rpb_table_size(kernel, query) if rpb is not None else None
     deterministic = rpb is not None and torch.are_deterministic_algorithms_enabled()
     name = f'{dtype} D{block_d} ' + (
         f'rpb table{table[0]}x{table[1]} {"det" if deterministic else "atomic"}'
