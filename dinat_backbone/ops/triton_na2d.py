@@ -90,6 +90,8 @@ def kernel_config(kernel: str, dtype: str, precision: str, block_d: int, has_rpb
         block, stages = (4, 4), (2 if tf32_key_d64 else 1)
     elif kernel == 'bwd_query' and has_rpb:
         block, stages = (4, 4), 1
+    elif kernel == 'bwd_key' and has_rpb and block_d > 32:
+        block, stages = (4, 4), 2  # 4x8 spills on sm_80
     elif kernel == 'bwd_key' or block_d > 32:
         block, stages = (4, 8), 3
     else:
