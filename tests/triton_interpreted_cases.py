@@ -8,6 +8,7 @@ The interpreter runs bfloat16 matmuls wrongly, so float32 and float16 are checke
 by ``tools/benchmark_gpu.py`` on a GPU).
 """
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,14 @@ if os.environ.get('TRITON_INTERPRET') != '1':
 import triton  # noqa: E402,F401  (a test requirement: fail here if it is missing)
 from triton.runtime.interpreter import InterpreterBuilder  # noqa: E402
 
-from dinat_backbone.ops import na2d, na2d_tiled  # noqa: E402
+from dinat_backbone.ops import na2d, na2d_tiled, triton_na2d  # noqa: E402
 from dinat_backbone.ops.triton_na2d import (_backward_query, _forward,  # noqa: E402
                                             na2d_triton, triton_kernels)
+
+# The kernels' first-use self-check runs only in the tests that turn it on (self_check): the
+# other tests call the kernels themselves, and the check would add an interpreted run per
+# variant (and its atomics to the atomics counted below).
+os.environ[triton_na2d.SELF_CHECK_ENV] = '0'
 
 DATA = Path(__file__).parent / 'data'
 
@@ -195,3 +201,84 @@ def test_what_the_kernels_do_not_take_raises(dtype, shape, kernel, error, match)
     q = torch.zeros(shape, dtype=dtype)
     with pytest.raises(error, match=match):
         na2d(q, q, q, kernel, backend='triton')
+
+
+class WrongKeyGradients:
+    """The dk/dv kernel made wrong on purpose: its dk comes out doubled."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.kernel[grid](*args, **kwargs)
+            args[7].mul_(2)  # DK
+
+        return launch
+
+
+def self_check_case():
+    inputs, grad = make_case((1, 20, 18, 2, 8), 5, torch.float32, seed=7)
+    return [t.clone().requires_grad_() for t in inputs], grad.float()
+
+
+def run_case(leaves, grad, backend='triton'):
+    out = na2d(*leaves[:3], 5, (2, 1), rpb=leaves[3], backend=backend)
+    return [out.detach()] + list(torch.autograd.grad(out, leaves, grad))
+
+
+@pytest.fixture
+def self_check(monkeypatch):
+    """The self-check on (conftest-style default: off in this module), no variant checked."""
+    monkeypatch.setenv(triton_na2d.SELF_CHECK_ENV, '1')
+    monkeypatch.setattr(triton_na2d, '_self_checked', {})
+    return triton_na2d._self_checked
+
+
+def test_self_check_passes_correct_kernels(self_check, recwarn):
+    leaves, grad = self_check_case()
+    run_case(leaves, grad)
+    assert list(self_check.values()) == [True] and not recwarn.list
+
+
+def test_self_check_falls_back_to_tiled_on_a_wrong_kernel(self_check, monkeypatch):
+    kernels = triton_kernels()
+    monkeypatch.setattr(kernels, '_na2d_bwd_key_kernel',
+                        WrongKeyGradients(kernels._na2d_bwd_key_kernel))
+    leaves, grad = self_check_case()
+    tiled = run_case(leaves, grad, backend='torch')
+    with pytest.warns(RuntimeWarning) as record:
+        ours = run_case(leaves, grad)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert '\n' not in message
+    assert 'fp32-ieee D16 rpb table16x16 atomic' in message and 'dk ' in message
+    assert 'dq ' not in message and 'out ' not in message
+    for a, b in zip(ours, tiled):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # warned once: the variant now runs tiled quietly
+        again = run_case(leaves, grad)
+    torch.testing.assert_close(again[2], tiled[2], rtol=0, atol=0)
+
+
+def test_self_check_waits_for_an_eager_call_and_can_be_turned_off(self_check, monkeypatch):
+    kernels = triton_kernels()
+    monkeypatch.setattr(kernels, '_na2d_bwd_key_kernel',
+                        WrongKeyGradients(kernels._na2d_bwd_key_kernel))
+    leaves, grad = self_check_case()
+    tiled_dk = run_case(leaves, grad, backend='torch')[2]
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    assert not torch.allclose(run_case(leaves, grad)[2], tiled_dk)  # the kernels, unchecked
+    assert not self_check
+    monkeypatch.undo()
+    monkeypatch.setattr(kernels, '_na2d_bwd_key_kernel',
+                        WrongKeyGradients(kernels._na2d_bwd_key_kernel))
+    monkeypatch.setattr(triton_na2d, '_self_checked', self_check)
+    monkeypatch.setenv(triton_na2d.SELF_CHECK_ENV, '0')
+    assert not torch.allclose(run_case(leaves, grad)[2], tiled_dk)
+    assert not self_check
+    monkeypatch.setenv(triton_na2d.SELF_CHECK_ENV, '1')  # the next eager call checks
+    with pytest.warns(RuntimeWarning, match='differ from the tiled implementation'):
+        torch.testing.assert_close(run_case(leaves, grad)[2], tiled_dk, rtol=0, atol=0)
+    assert list(self_check.values()) == [False]
