@@ -32,7 +32,7 @@ import torch
 from dinat_backbone.engine import checkpoint_hook
 from dinat_backbone.engine.checkpoint_hook import (InsufficientDiskSpaceError, atomic_torch_save,
                                                    atomic_write)
-from dinat_backbone.weights.safe_loading import load_checkpoint_file
+from dinat_backbone.weights.safe_loading import CheckpointReadError, load_checkpoint_file
 
 from helpers import REPO_ROOT, assert_ok, run_script, script_command
 
@@ -247,7 +247,7 @@ def test_control_mmengine_hook_loses_checkpoints(make_config, support_dir, tmp_p
     # re-save after a new best: iter_1.pth is truncated in place while last_checkpoint names it
     work_dir = tmp_path / 'resave'
     assert latest(work_dir) == work_dir / 'iter_1.pth' and not is_complete(latest(work_dir))
-    with pytest.raises(RuntimeError, match='PytorchStreamReader failed'):  # what resume reports
+    with pytest.raises(CheckpointReadError, match='PytorchStreamReader failed'):  # at resume
         load_checkpoint_file(str(latest(work_dir)), map_location='cpu')
 
 

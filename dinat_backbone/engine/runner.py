@@ -170,10 +170,10 @@ def load_config(path: str, cfg_options: Optional[Dict] = None,
             reason = ' '.join(str(error).split())  # one line
             raise SystemExit(f'--cfg-options {key}={value!r} does not fit the config {path!r}: '
                              f'{type(error).__name__}: {reason}') from None
+    import_codebase(cfg, path)  # first: another codebase's config is named as such
     if not isinstance(cfg.get('model'), dict):
         raise SystemExit(f'{path!r} defines no `model` (a dict with a `type`): it is not a model '
                          'config, or its `_base_` list misses the model file.')
-    import_codebase(cfg, path)
     return cfg
 
 
