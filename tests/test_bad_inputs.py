@@ -175,6 +175,30 @@ OPERATOR_ARGUMENTS = [
         'query, key and value must have the same dtype'),
     row('4-d', dict(kernel_size=3, query=Q[0], key=Q[0], value=Q[0]), ValueError,
         'na2d expects query/key/value of shape [batch, height, width, heads, head_dim]'),
+    # issue 19: inputs that failed deep inside (ZeroDivisionError, raw kernel errors) or whose
+    # attn_drop was silently ignored
+    *(row(f'{name}-0', dict(kernel_size=3, **dict.fromkeys(('query', 'key', 'value'), q)),
+          ValueError, f'na2d needs at least one head and a head_dim >= 1, got query.shape='
+          f'{tuple(q.shape)}')
+      for name, q in (('head_dim', Q[..., :0]), ('heads', Q[..., :0, :]))),
+    *(row(f'dtype-{dtype}'.replace('torch.', ''),
+          dict(kernel_size=3, **dict.fromkeys(('query', 'key', 'value'), Q.to(dtype))),
+          TypeError, f'na2d takes floating-point query/key/value (float16, bfloat16, float32, '
+          f'float64), got {dtype}')
+      for dtype in (torch.int64, torch.bool, torch.complex64)),
+    row('meta-tensors', dict(kernel_size=3,
+                             **dict.fromkeys(('query', 'key', 'value'), Q.to('meta'))),
+        ValueError, 'na2d cannot compute on meta tensors (they hold no data)'),
+    row('rpb-int', dict(kernel_size=3, rpb=torch.zeros(2, 5, 5, dtype=torch.long)), TypeError,
+        'rpb must be a floating-point tensor, got torch.int64'),
+    row('query-ndarray', dict(kernel_size=3, query=Q.numpy()), TypeError,
+        'query must be a torch.Tensor, got ndarray'),
+    *(row(f'attn_drop-{value}', dict(kernel_size=3, attn_drop=value), ValueError,
+          f'attn_drop must be a number in [0, 1), got attn_drop={value!r}')
+      for value in (-0.1, 1.0, 1.5, float('nan'))),
+    *(row(f'attn_drop-{type(value).__name__}', dict(kernel_size=3, attn_drop=value), TypeError,
+          f'attn_drop must be a number in [0, 1), got attn_drop={value!r}')
+      for value in ('0.1', True, None)),
 ]
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -59,10 +60,11 @@ def environment(cache: Path, **extra: str) -> Dict[str, str]:
 
 
 def run_python(script: str, cache: Path, *args: str, cwd: Path = REPO_ROOT,
-               env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+               env: Optional[Dict[str, str]] = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, '-c', script, *args], cwd=cwd,
                           env=environment(cache, **(env or {})), capture_output=True, text=True,
-                          timeout=300)
+                          timeout=timeout)
 
 
 def builds(cache: Path) -> List[Path]:
@@ -189,17 +191,21 @@ def test_changed_source_gets_its_own_build(answer, tmp_path):
     assert len(builds(cache)) == 2
 
 
-def test_lock_older_than_any_build_is_broken(answer, tmp_path):
+@pytest.mark.parametrize('offset_s', [-3600, 3600], ids=['old', 'future-mtime'])
+def test_lock_left_without_a_holder_is_taken_at_once(answer, tmp_path, offset_s):
+    """A lock file nobody holds, whatever its mtime (a clock skewed either way) and content:
+    taken within 30 s (at once), not after its age passes a limit."""
     source, cache = answer[0], copy_cache(answer[1], tmp_path)
     build, = builds(cache)
     shutil.rmtree(build)
     lock = build.with_name(build.name + '.lock')
-    lock.write_text('')  # unreadable: only its age counts
-    os.utime(lock, (time.time() - 3600,) * 2)
-    result = run_python(LOAD_ANSWER, cache, str(source))
+    lock.write_text('')  # unreadable: no holder to name
+    os.utime(lock, (time.time() + offset_s,) * 2)
+    start = time.monotonic()
+    result = run_python(LOAD_ANSWER, cache, str(source), timeout=30)
     assert result.returncode == 0, result.stderr
-    assert 'longer than any build' in result.stderr and not lock.exists()
-    assert result.stdout.split()[-1] == '42'
+    assert 'waiting' not in result.stderr and time.monotonic() - start < 30
+    assert result.stdout.split()[-1] == '42' and not lock.exists()
 
 
 def test_lock_of_a_killed_build_is_broken(answer, tmp_path):
@@ -218,10 +224,10 @@ def test_lock_of_a_killed_build_is_broken(answer, tmp_path):
         lock, = cache.glob('*.lock')
         assert json.loads(lock.read_text())['pid'] == killed.pid and list(cache.glob('*.tmp-*'))
 
-        result = run_python(LOAD_ANSWER, cache, str(source), env=env)
+        result = run_python(LOAD_ANSWER, cache, str(source), env=env, timeout=60)
         assert result.returncode == 0, result.stderr
-        assert f'breaking the build lock {lock} (its process {killed.pid} is gone)' \
-            in result.stderr
+        assert (f'the build lock {lock} was left by process {killed.pid} on '
+                f'{socket.gethostname()}, which is gone' in result.stderr)
         assert result.stdout.split()[-1] == '42'
         assert sorted(cache.iterdir()) == builds(cache)  # no lock, no temporary directory
     finally:
@@ -230,25 +236,75 @@ def test_lock_of_a_killed_build_is_broken(answer, tmp_path):
         (tmp_path / 'release').touch()
 
 
-def test_concurrent_process_waits_for_the_live_builder(answer, tmp_path):
+@pytest.mark.parametrize('offset_s', [0, -3600, 3600], ids=['now', 'old', 'future'])
+def test_concurrent_process_waits_for_the_live_builder(answer, tmp_path, offset_s):
+    """Whatever the lock's mtime says (a builder's clock skewed either way), a live builder
+    is waited for, with a message, and its build left alone: a waiter that broke its lock
+    deleted its private directory, and the builder failed."""
     source, cache = answer[0], tmp_path / 'cache'
     env = held_compiler(tmp_path)
     builder = subprocess.Popen([sys.executable, '-c', LOAD_ANSWER, str(source)], cwd=REPO_ROOT,
                                env=environment(cache, HOLD=str(tmp_path), **env),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_until((tmp_path / 'compiling').exists, builder)
+    lock, = cache.glob('*.lock')
+    os.utime(lock, (time.time() + offset_s,) * 2)
     waiter_err = tmp_path / 'waiter.err'
     with waiter_err.open('w') as err:
         waiter = subprocess.Popen([sys.executable, '-c', LOAD_ANSWER, str(source)],
                                   cwd=REPO_ROOT, env=environment(cache, **env),
                                   stdout=subprocess.PIPE, stderr=err, text=True)
-        wait_until(lambda: 'waiting for another process' in waiter_err.read_text(), waiter)
+        wait_until(lambda: f'waiting for process {builder.pid} on {socket.gethostname()} to '
+                   f'finish building (lock {lock})' in waiter_err.read_text(), waiter)
     (tmp_path / 'release').touch()
     built_out, built_err = builder.communicate(timeout=300)
     waited_out, _ = waiter.communicate(timeout=300)
     assert builder.returncode == 0 and waiter.returncode == 0, built_err + waiter_err.read_text()
     assert COMPILING in built_err and COMPILING not in waiter_err.read_text()
     assert waited_out == built_out
+
+
+def test_prebuilt_cache_is_used_without_a_compiler(answer, tmp_path):
+    """The compiler is recorded with a build, not part of its key: a complete cache (built at
+    set-up, or shipped) loads where no compiler runs."""
+    source, cache = answer[0], copy_cache(answer[1], tmp_path)
+    build, = builds(cache)
+    result = run_python(LOAD_ANSWER, cache, str(source), env={'CXX': 'false'})
+    assert result.returncode == 0, result.stderr
+    assert COMPILING not in result.stderr
+    assert result.stdout.split() == [str(library_of(build)), '42']
+    assert json.loads((build / 'build.json').read_text())['compiler'].startswith('c++: ')
+
+
+def test_library_of_another_torch_is_rebuilt_not_loaded(answer, tmp_path):
+    """A library built against another torch, put under this key with a consistent
+    build.json: loading it aborts the process (here, a library that aborts when loaded stands
+    for it). Its build.json says which torch it was built for: it is rebuilt instead."""
+    source, cache = answer[0], copy_cache(answer[1], tmp_path)
+    build, = builds(cache)
+    library = library_of(build)
+    aborting = tmp_path / 'aborting.cpp'
+    aborting.write_text('#include <cstdlib>\n'
+                        'static int abort_on_load = (std::abort(), 0);\n')
+    subprocess.run(['c++', '-shared', '-fPIC', str(aborting), '-o', str(library)], check=True)
+    manifest = json.loads((build / 'build.json').read_text())
+    manifest['sha256'] = hashlib.sha256(library.read_bytes()).hexdigest()
+    manifest['inputs']['torch'] = '1.13.1 (0123456789abcdef)'
+    (build / 'build.json').write_text(json.dumps(manifest))
+    result = run_python(LOAD_ANSWER, cache, str(source))
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert "built for another torch (torch '1.13.1 (0123456789abcdef)'" in result.stderr
+    assert COMPILING in result.stderr and result.stdout.split() == [str(library), '42']
+
+
+def test_cache_path_that_ninja_cannot_spell(answer, tmp_path):
+    """torch writes the build directory into build.ninja unescaped, where `$` starts a
+    variable."""
+    cache = tmp_path / 'price$5' / 'cache'
+    result = run_python(LOAD_ANSWER, cache, str(answer[0]))
+    assert result.returncode == 0, result.stderr
+    assert COMPILING in result.stderr and result.stdout.split()[-1] == '42'
+    assert sorted(cache.iterdir()) == builds(cache)  # no lock, no temporary directory
 
 
 def test_failed_build_raises_and_leaves_nothing(tmp_path, monkeypatch):

@@ -122,6 +122,61 @@ def test_cpu_kernels_refuse_double_backward():
         grad_q.sum().backward()
 
 
+# Each case calls one operator with one table out of range (or, for the scatter's race-free
+# passes, outside its query's dilation group) on a [1, 8, 8, 1, 4] input, kernel 3, and prints
+# the first line of its error. The unchecked kernels read or wrote out of bounds: SIGSEGV.
+BAD_TABLES = """
+import torch
+from dinat_backbone.ops.cpu_kernels import cpu_kernels, _cached_tables
+ops = cpu_kernels()
+x = torch.randn(1, 8, 8, 1, 4, dtype=torch.float64)
+nbr, bias = _cached_tables(8, 3, 1)
+w = torch.rand(1, 8, 8, 1, 9, dtype=torch.float64)
+rpb = torch.randn(1, 5, 5, dtype=torch.float64)
+far = nbr.clone(); far[3, 0] = 10 ** 9
+negative = nbr.clone(); negative[7, 2] = -1
+far_bias = bias.clone(); far_bias[0, 0] = 10 ** 6
+other_group = nbr.clone(); other_group[4, 1] = 7  # in range, outside row 4's window
+narrow = bias[:, :2].contiguous()
+cases = {
+    'dot-nbr': lambda: ops.neighbour_dot(x, x, far, nbr, 1.0, None, None, None),
+    'dot-bias': lambda: ops.neighbour_dot(x, x, nbr, nbr, 1.0, rpb, bias, far_bias),
+    'dot-bias-columns': lambda: ops.neighbour_dot(x, x, nbr, nbr, 1.0, rpb, narrow, bias),
+    'weighted_sum-nbr': lambda: ops.neighbour_weighted_sum(w, x, nbr, negative, 1.0),
+    'scatter-nbr': lambda: ops.neighbour_scatter(w, x, negative, nbr, 1.0),
+    'scatter-group': lambda: ops.neighbour_scatter(w, x, other_group, nbr, 1.0),
+    'rpb_grad-bias': lambda: ops.rpb_grad(w, far_bias, bias),
+}
+for name, call in cases.items():
+    try:
+        call()
+        print(name, 'ACCEPTED')
+    except RuntimeError as err:
+        print(name, str(err).splitlines()[0])
+"""
+BAD_TABLE_ERRORS = {
+    'dot-nbr': 'nbr_h holds 1000000000 at [3, 0]: out of range [0, 8)',
+    'dot-bias': 'bias_w holds 1000000 at [0, 0]: out of range [0, 5)',
+    'dot-bias-columns': 'bias_h must be a contiguous int64 CPU table with 8 rows and as many '
+                        'columns as the kernel',
+    'weighted_sum-nbr': 'nbr_w holds -1 at [7, 2]: out of range [0, 8)',
+    'scatter-nbr': 'nbr_h holds -1 at [7, 2]: out of range [0, 8)',
+    'scatter-group': "nbr_h row 4 reaches 7: outside its dilation group's window",
+    'rpb_grad-bias': 'bias_h holds 1000000 at [0, 0]: out of range [0, 5)',
+}
+
+
+def test_cpu_kernels_refuse_index_tables_out_of_range():
+    """torch.ops.dinat_na2d.* are public: a bad table must raise, not read or write out of
+    bounds. In a subprocess: a crash is a signal exit there, which fails the test."""
+    assert cpu_kernels() is not None  # built here first, so the subprocess only loads
+    result = subprocess.run([sys.executable, '-c', BAD_TABLES], capture_output=True, text=True,
+                            timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    got = dict(line.split(' ', 1) for line in result.stdout.splitlines())
+    assert got == BAD_TABLE_ERRORS
+
+
 def test_cpu_kernels_fall_back_when_the_build_fails(tmp_path):
     """No working compiler: a warning names the failure and na2d runs the tiled version."""
     script = (

@@ -52,12 +52,23 @@ class NA2DArgs(NamedTuple):
     scale: float
 
 
+def check_attn_drop(attn_drop: float) -> None:
+    """Refuse an attention dropout that is not a real number in [0, 1) (NaN included): the
+    implementations test ``attn_drop > 0``, which passes any other value over silently."""
+    if not isinstance(attn_drop, numbers.Real) or isinstance(attn_drop, bool):
+        raise TypeError(f'attn_drop must be a number in [0, 1), got {attn_drop=!r} '
+                        f'({type(attn_drop).__name__}).')
+    if not 0.0 <= attn_drop < 1.0:  # False for NaN too
+        raise ValueError(f'attn_drop must be a number in [0, 1), got {attn_drop=!r}.')
+
+
 def check_na2d_args(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     kernel_size: IntOrPair, dilation: IntOrPair, rpb: Optional[torch.Tensor],
-                    scale: Optional[float]) -> NA2DArgs:
+                    scale: Optional[float], attn_drop: float = 0.0) -> NA2DArgs:
     """Validate the arguments of :func:`~dinat_backbone.ops.na2d` and normalise them; the
     scale defaults to ``head_dim ** -0.5`` here and nowhere else."""
     kernel, dil = check_kernel_size(kernel_size), check_dilation(dilation)
+    check_attn_drop(attn_drop)
     _check_tensors(query, key, value, kernel, dil, rpb)
     return NA2DArgs(kernel, dil, query.shape[-1] ** -0.5 if scale is None else float(scale))
 
@@ -66,18 +77,31 @@ def _check_tensors(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    kernel: Tuple[int, int], dilation: Tuple[int, int],
                    rpb: Optional[torch.Tensor]) -> None:
     """Validate shapes/dtypes of ``[batch, height, width, heads, head_dim]`` inputs."""
+    for name, tensor in (('query', query), ('key', key), ('value', value), ('rpb', rpb)):
+        if tensor is not None and not isinstance(tensor, torch.Tensor):
+            raise TypeError(f'{name} must be a torch.Tensor, got {type(tensor).__name__}.')
     if query.dim() != 5:
         raise ValueError('na2d expects query/key/value of shape [batch, height, width, heads, '
                          f'head_dim], got query.shape={tuple(query.shape)}.')
+    if query.shape[3] < 1 or query.shape[4] < 1:
+        raise ValueError('na2d needs at least one head and a head_dim >= 1, got '
+                         f'query.shape={tuple(query.shape)} (heads={query.shape[3]}, '
+                         f'head_dim={query.shape[4]}).')
     if key.shape != query.shape or value.shape != query.shape:
         raise ValueError('query, key and value must have the same shape, got '
                          f'{tuple(query.shape)=}, {tuple(key.shape)=}, {tuple(value.shape)=}.')
     if not (query.dtype == key.dtype == value.dtype):
         raise TypeError('query, key and value must have the same dtype, got '
                         f'{query.dtype=}, {key.dtype=}, {value.dtype=}.')
+    if not query.dtype.is_floating_point:
+        raise TypeError('na2d takes floating-point query/key/value (float16, bfloat16, float32, '
+                        f'float64), got {query.dtype}.')
     if not (query.device == key.device == value.device):
         raise ValueError('query, key and value must be on the same device, got '
                          f'{query.device=}, {key.device=}, {value.device=}.')
+    if query.is_meta:  # no data: every implementation would fail somewhere inside
+        raise ValueError('na2d cannot compute on meta tensors (they hold no data); move '
+                         "query/key/value to a real device, e.g. 'cpu' or 'cuda'.")
     input_size = tuple(query.shape[1:3])
     for axis, (length, k, d) in enumerate(zip(input_size, kernel, dilation)):
         if length < k * d:
@@ -93,3 +117,5 @@ def _check_tensors(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         if rpb.device != query.device:
             raise ValueError(f'rpb must be on the device of query, got {rpb.device=}, '
                              f'{query.device=}.')
+        if not rpb.dtype.is_floating_point:
+            raise TypeError(f'rpb must be a floating-point tensor, got {rpb.dtype}.')

@@ -1,25 +1,31 @@
 """Build and load compiled torch extensions through a content-keyed cache that heals itself.
 
-A build is keyed by what determines the binary: the content of the sources, torch, the C++
-compiler and the flags, the CPU's instruction sets (only with ``-march=native``) and the Python
-ABI. Never by the checkout path or the environment's prefix: checkouts and environments that
-agree on all of these share one build (the library links to torch's libraries by name, which
-the loading process has already loaded).
+A build is keyed by what determines the binary: the content of the sources, torch, the flags,
+the CPU's instruction sets (only with ``-march=native``) and the Python ABI. Never by the
+checkout path or the environment's prefix: checkouts and environments that agree on all of
+these share one build (the library links to torch's libraries by name, which the loading
+process has already loaded). The C++ compiler is a property of a build, recorded in its
+``build.json``, not part of the key: a complete cache is used on a machine without one.
 
 Each build runs in a private temporary directory, with the sources copied in first (torch's
-``build.ninja`` embeds their absolute path), and is renamed into place complete, with the
-sha256 of its library in ``build.json``. The library is checked against that checksum before
-it is loaded, so a truncated or overwritten file is rebuilt instead of mapped (a truncated
-mapping kills the process with SIGBUS). A lock file naming its process keeps concurrent
-processes from building the same key twice; a lock whose process is gone, or older than any
-build, is broken. No process ever sees a partial build: that rests on the private directories
-and the atomic rename, not on the lock.
+``build.ninja`` embeds their absolute path; a cache path that ninja cannot spell, with a ``$``
+or a space, is reached through a symbolic link in the temporary folder), and is renamed into
+place complete, with the sha256 of its library and what it was built from in ``build.json``.
+Before loading, the library is checked against that checksum, and the build's torch, flags and
+Python against the running ones: a truncated or overwritten file, or a library of another torch
+placed under the key, is rebuilt instead of mapped (a truncated mapping kills the process with
+SIGBUS, a library of another torch with SIGABRT). Builders of one key take turns through an
+exclusive ``flock`` on its lock file: the system releases it when its holder dies, so a dead
+builder is noticed at once and clocks play no part; a live one is waited for, with a message.
+No process ever sees a partial build: that rests on the private directories and the atomic
+rename, not on the lock (on a filesystem without ``flock`` the builds go on unlocked).
 
 Cache root (``DINAT_EXTENSIONS_DIR``, default ``~/.cache/dinat-backbone/extensions``)::
 
     <name>-<key>/               a complete build: sources, torch's build files, the library
                                 and build.json
-    <name>-<key>.lock           held while <name>-<key> is being built (pid and host)
+    <name>-<key>.lock           exists while <name>-<key> is being built (pid and host), or
+                                after a killed build, until the next build of the key
     <name>-<key>.tmp-<pid>/     a build in progress (or left by a killed one)
 
 ``python -m dinat_backbone.ops.build`` builds the package's kernels ahead of time.
@@ -33,6 +39,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,9 +49,16 @@ import torch
 
 __all__ = ['cache_root', 'load_extension', 'main']
 
+try:
+    import fcntl
+except ImportError:  # Windows: builds go on unlocked (see the module docstring)
+    fcntl = None
+
 MANIFEST = 'build.json'
-STALE_LOCK_S = 600  # a lock older than this outlives any build (~20 s): its holder is hung
 _POLL_S = 0.5
+_WAIT_MESSAGE_S = 60  # how often a waiting process says it is still waiting
+_NINJA_SAFE = frozenset('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789'
+                        '/._-+=,@~%')  # torch writes paths into build.ninja unescaped
 
 
 def cache_root() -> Path:
@@ -82,15 +96,12 @@ def _isa_flags() -> str:
 
 def _build_inputs(sources: Sequence[Path], cflags: Sequence[str] = (),
                   ldflags: Sequence[str] = ()) -> Dict[str, object]:
-    """Everything that determines the binary built from ``sources``; its hash is the build's
-    key (recorded in ``build.json``, to tell why two builds differ)."""
-    from torch.utils.cpp_extension import get_cxx_compiler
-    compiler = get_cxx_compiler()
+    """Everything that determines the binary built from ``sources`` but the compiler; its hash
+    is the build's key (recorded in ``build.json``, and checked there before loading)."""
     native = any(flag.endswith('=native') for flag in cflags)  # -march/-mcpu=native
     return {
         'sources': {Path(s).name: _sha256(Path(s)) for s in sources},
         'torch': f'{torch.__version__} ({torch.version.git_version})',
-        'compiler': f'{compiler}: {_compiler_version(compiler)}',
         'cflags': list(cflags),
         'ldflags': list(ldflags),
         'isa': _isa_flags() if native else platform.machine(),
@@ -98,84 +109,111 @@ def _build_inputs(sources: Sequence[Path], cflags: Sequence[str] = (),
     }
 
 
-def _check(build_dir: Path) -> Tuple[Optional[Path], Optional[str]]:
-    """The library of the build in ``build_dir`` if it is complete and matches its checksum,
-    else None and what is wrong with it (None too if there is no build)."""
+def _compiler() -> str:
+    """The C++ compiler a build uses, and its version (recorded with the build)."""
+    from torch.utils.cpp_extension import get_cxx_compiler
+    compiler = get_cxx_compiler()
+    return f'{compiler}: {_compiler_version(compiler)}'
+
+
+def _check(build_dir: Path, inputs: Dict[str, object]) -> Tuple[Optional[Path], Optional[str]]:
+    """The library of the build in ``build_dir`` if it is complete, matches its checksum and
+    was built from ``inputs`` (this torch, these flags and sources), else None and what is
+    wrong with it (None too if there is no build)."""
     if not build_dir.exists():
         return None, None
     try:
         manifest = json.loads((build_dir / MANIFEST).read_text())
         library = build_dir / manifest['library']
+        built_from = manifest['inputs']
+        differ = sorted(k for k in set(inputs) | set(built_from)
+                        if built_from.get(k) != inputs.get(k))
+        if differ:  # e.g. a build of another torch placed here: loading it would abort
+            return None, (f'built for another {", ".join(differ)} '
+                          f"(torch {built_from.get('torch')!r}, running {inputs['torch']!r})")
         if _sha256(library) == manifest['sha256']:
             return library, None
         return None, 'its library does not match the recorded sha256 (truncated or overwritten)'
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         return None, f'{type(err).__name__}: {err}'
 
 
-def _process_alive(pid: int) -> bool:
-    if os.name == 'nt':  # os.kill() would end the process there: only the lock's age counts
-        return True
+def _holder(lock: Path) -> str:
+    """Who holds ``lock``, as it says (pid and host), for messages."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _stale_reason(lock: Path) -> Optional[str]:
-    """Why ``lock`` can be broken (its process is gone, or it is older than any build), or
-    None while its holder may still be building."""
-    try:
-        age = time.time() - lock.stat().st_mtime
         holder = json.loads(lock.read_text())
-    except FileNotFoundError:
-        return None  # released meanwhile
-    except ValueError:
-        holder = None  # empty while its creator writes it, or garbage: only its age counts
-    if age > STALE_LOCK_S:
-        return f'held for {age / 60:.0f} min, longer than any build'
-    if isinstance(holder, dict) and holder.get('host') == socket.gethostname():
-        pid = holder.get('pid')
-        if isinstance(pid, int) and not _process_alive(pid):
-            return f'its process {pid} is gone'
-    return None
+        return f"process {holder['pid']} on {holder['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return 'another process'
+
+
+def _acquire(lock: Path) -> Optional[int]:
+    """A descriptor of ``lock`` holding its exclusive ``flock``, once no live process holds
+    it (waiting with a message), or None if the filesystem has no ``flock``. The holder removes
+    the file before releasing it, so a lock got on a removed file is tried again."""
+    waited = None
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if waited is None or time.monotonic() - waited >= _WAIT_MESSAGE_S:
+                _say(f'waiting for {_holder(lock)} to finish building (lock {lock}).')
+                waited = time.monotonic()
+            time.sleep(_POLL_S)
+            continue
+        except OSError as err:
+            os.close(fd)
+            _say(f'cannot lock {lock} ({err}); building without the lock.')
+            return None
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 @contextmanager
 def _build_lock(lock: Path) -> Iterator[None]:
-    """Hold ``lock`` (created exclusively, naming this process); wait while a live process
-    holds it, break it when stale."""
-    waiting = False
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            pass
-        reason = _stale_reason(lock)
-        if reason is not None:
-            _say(f'breaking the build lock {lock} ({reason}).')
-            lock.unlink(missing_ok=True)  # two breakers at once: the later rename fails
-            continue
-        if not waiting:
-            _say(f'waiting for another process to finish building (lock {lock}).')
-            waiting = True
-        time.sleep(_POLL_S)
-    with os.fdopen(fd, 'w') as f:
-        json.dump({'pid': os.getpid(), 'host': socket.gethostname()}, f)
+    """Hold ``lock`` (:func:`_acquire`), naming this process in it."""
+    fd = _acquire(lock) if fcntl is not None else None
+    if fd is None:
+        yield
+        return
     try:
+        if os.read(fd, 4096):  # a holder removes the file: this one was killed
+            _say(f'the build lock {lock} was left by {_holder(lock)}, which is gone; '
+                 'removing what it left.')
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname()}).encode(),
+                  0)
         yield
     finally:
         lock.unlink(missing_ok=True)
+        os.close(fd)  # releases the flock
+
+
+@contextmanager
+def _ninja_safe(directory: Path) -> Iterator[Path]:
+    """``directory``, or a symbolic link to it whose path ninja can spell."""
+    if set(str(directory)) <= _NINJA_SAFE:
+        yield directory
+        return
+    link_dir = Path(tempfile.mkdtemp(prefix='dinat-build-'))
+    try:
+        link = link_dir / 'build'
+        link.symlink_to(directory, target_is_directory=True)
+        yield link
+    finally:
+        shutil.rmtree(link_dir, ignore_errors=True)
 
 
 def _build(name: str, sources: Sequence[Path], cflags: Sequence[str], ldflags: Sequence[str],
            inputs: Dict[str, object], build_dir: Path) -> Path:
     """Build into a private directory and rename it to ``build_dir``. Call with the lock held:
-    any other temporary directory of this key was then left by a killed or hung build."""
+    any other temporary directory of this key was then left by a killed build."""
     from torch.utils.cpp_extension import load
     for leftover in build_dir.parent.glob(f'{build_dir.name}.tmp-*'):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -190,15 +228,18 @@ def _build(name: str, sources: Sequence[Path], cflags: Sequence[str], ldflags: S
     tmp = build_dir.with_name(f'{build_dir.name}.tmp-{os.getpid()}')
     tmp.mkdir()
     try:
-        copies = [shutil.copy2(source, tmp / Path(source).name) for source in sources]
         _say(f"compiling '{name}' in {build_dir} (once per source and toolchain, usually "
              'under a minute)')
         start = time.monotonic()
-        # load() also loads the library into this process; the rename keeps it mapped.
-        library = Path(load(name=name, sources=copies, build_directory=str(tmp),
-                            extra_cflags=list(cflags), extra_ldflags=list(ldflags),
-                            is_python_module=False))
-        manifest = {'library': library.name, 'sha256': _sha256(library), 'inputs': inputs}
+        with _ninja_safe(tmp) as work:
+            copies = [shutil.copy2(source, work / Path(source).name) for source in sources]
+            # load() also loads the library into this process; the rename keeps it mapped.
+            library = Path(load(name=name, sources=copies, build_directory=str(work),
+                                extra_cflags=list(cflags), extra_ldflags=list(ldflags),
+                                is_python_module=False))
+            library = tmp / library.name
+        manifest = {'library': library.name, 'sha256': _sha256(library), 'inputs': inputs,
+                    'compiler': _compiler()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         os.rename(tmp, build_dir)
         _say(f"built '{name}' in {time.monotonic() - start:.0f} s.")
@@ -232,13 +273,13 @@ def load_extension(name: str, sources: Sequence[Path], cflags: Sequence[str] = (
     inputs = _build_inputs(sources, cflags, ldflags)
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     build_dir = cache_root() / f'{name}-{key}'
-    library, problem = _check(build_dir)
+    library, problem = _check(build_dir, inputs)
     if problem is not None:
         _say(f'the cached build {build_dir} is damaged ({problem}); rebuilding it.')
     if library is None:
         build_dir.parent.mkdir(parents=True, exist_ok=True)
         with _build_lock(build_dir.with_name(f'{build_dir.name}.lock')):
-            library, _ = _check(build_dir)  # built meanwhile by the holder we waited for?
+            library, _ = _check(build_dir, inputs)  # built by the holder we waited for?
             if library is None:
                 library = _build(name, sources, cflags, ldflags, inputs, build_dir)
     torch.ops.load_library(str(library))

@@ -110,5 +110,6 @@ def na2d_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
              attn_drop: float = 0.0) -> torch.Tensor:
     """:func:`~dinat_backbone.ops.na2d` on the compiled CPU kernels (same arguments); float32
     or float64 CPU tensors. Raises RuntimeError if the kernels could not be built."""
-    args = check_na2d_args(query, key, value, kernel_size, dilation, rpb, scale)
+    args = check_na2d_args(query, key, value, kernel_size, dilation, rpb, scale,
+                           attn_drop)
     return run_cpu(query, key, value, args, rpb, attn_drop)

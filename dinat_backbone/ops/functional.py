@@ -135,16 +135,19 @@ def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
     Raises:
         ValueError: an axis is shorter than ``kernel_size * dilation`` (pad first), an even
-            kernel, dilation < 1, or mismatched shapes.
-        TypeError: a kernel size or dilation that is not an int or a pair of ints, or
-            mismatched dtypes.
+            kernel, dilation < 1, no heads or a head_dim of 0, mismatched shapes, meta
+            tensors, or an ``attn_drop`` outside [0, 1) (NaN included).
+        TypeError: a kernel size or dilation that is not an int or a pair of ints, inputs
+            that are not floating-point tensors, mismatched dtypes, or an ``attn_drop`` that
+            is not a number.
 
     Example:
         >>> q = k = v = torch.randn(2, 32, 40, 4, 16)   # [B, H, W, heads, D]
         >>> na2d(q, k, v, kernel_size=7, dilation=2).shape
         torch.Size([2, 32, 40, 4, 16])
     """
-    args = check_na2d_args(query, key, value, kernel_size, dilation, rpb, scale)
+    args = check_na2d_args(query, key, value, kernel_size, dilation, rpb, scale,
+                           attn_drop)
     if torch.compiler.is_exporting() or torch.jit.is_tracing():
         # Export traces shapes symbolically: the gather form has no size-dependent tiling.
         # torch.jit.trace (ONNX, mmengine's FLOP analysis) records ATen operators, and the

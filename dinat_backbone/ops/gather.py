@@ -40,5 +40,6 @@ def na2d_gather(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attn_drop: float = 0.0) -> torch.Tensor:
     """:func:`~dinat_backbone.ops.na2d` in the gather form (same arguments); see the module
     docstring for where it is used."""
-    args = check_na2d_args(query, key, value, kernel_size, dilation, rpb, scale)
+    args = check_na2d_args(query, key, value, kernel_size, dilation, rpb, scale,
+                           attn_drop)
     return run_gather(query, key, value, args, rpb, attn_drop)

@@ -168,5 +168,6 @@ def na2d_tiled(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
     ``tile`` is the query tile length per axis; it is exposed for benchmarks and tests.
     """
-    args = check_na2d_args(query, key, value, kernel_size, dilation, rpb, scale)
+    args = check_na2d_args(query, key, value, kernel_size, dilation, rpb, scale,
+                           attn_drop)
     return run_tiled(query, key, value, args, rpb, attn_drop, tile)

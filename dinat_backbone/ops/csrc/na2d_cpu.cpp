@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <type_traits>
@@ -129,10 +130,30 @@ void check_features(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.stride(4) == 1, name, " must be contiguous in its last dimension");
 }
 
-void check_table(const at::Tensor& t, int64_t rows, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kLong && t.is_contiguous() && t.dim() == 2 &&
-                  t.size(0) == rows,
-              name, " must be a contiguous int64 table with ", rows, " rows");
+// An index table of one axis: `rows` rows (and `cols` columns unless -1), every entry in
+// [0, bound). The kernels index with the entries unchecked, so this is what keeps their reads
+// and writes in bounds; a table is small (length x kernel), so checking it costs nothing.
+void check_table(const at::Tensor& t, int64_t rows, int64_t cols, int64_t bound,
+                 const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kLong && t.is_contiguous() &&
+                  t.dim() == 2 && t.size(0) == rows && (cols < 0 || t.size(1) == cols),
+              name, " must be a contiguous int64 CPU table with ", rows, " rows",
+              cols < 0 ? "" : " and as many columns as the kernel");
+  TORCH_CHECK(t.size(1) >= 1, name, " must have at least one column (the kernel size)");
+  const int64_t* p = t.data_ptr<int64_t>();
+  for (int64_t e = 0, n = t.numel(); e < n; ++e)
+    TORCH_CHECK(p[e] >= 0 && p[e] < bound, name, " holds ", p[e], " at [", e / t.size(1), ", ",
+                e % t.size(1), "]: out of range [0, ", bound, ")");
+}
+
+// The neighbours' index table of one axis, its entries positions on the axis.
+void check_neighbours(const at::Tensor& t, int64_t length, const char* name) {
+  check_table(t, length, -1, length, name);
+}
+
+// The rpb index table of one axis for a kernel of `kernel`: entries in [0, 2 * kernel - 1).
+void check_bias(const at::Tensor& t, int64_t length, int64_t kernel, const char* name) {
+  check_table(t, length, kernel, 2 * kernel - 1, name);
 }
 
 void check_weights(const at::Tensor& w, const at::Tensor& features, int64_t K) {
@@ -151,8 +172,8 @@ at::Tensor neighbour_dot(const at::Tensor& x, const at::Tensor& y, const at::Ten
   TORCH_CHECK(x.sizes() == y.sizes() && x.scalar_type() == y.scalar_type(),
               "x and y must match in shape and dtype");
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), heads = x.size(3), D = x.size(4);
-  check_table(nbr_h, H, "nbr_h");
-  check_table(nbr_w, W, "nbr_w");
+  check_neighbours(nbr_h, H, "nbr_h");
+  check_neighbours(nbr_w, W, "nbr_w");
   const int64_t kh = nbr_h.size(1), kw = nbr_w.size(1), K = kh * kw;
   at::Tensor table;
   if (rpb) {
@@ -161,8 +182,8 @@ at::Tensor neighbour_dot(const at::Tensor& x, const at::Tensor& y, const at::Ten
                     table.sizes() == at::IntArrayRef({heads, 2 * kh - 1, 2 * kw - 1}),
                 "rpb must be [heads, 2*kh-1, 2*kw-1] of the inputs' dtype");
     TORCH_CHECK(bias_h && bias_w, "rpb needs its index tables bias_h and bias_w");
-    check_table(*bias_h, H, "bias_h");
-    check_table(*bias_w, W, "bias_w");
+    check_bias(*bias_h, H, kh, "bias_h");
+    check_bias(*bias_w, W, kw, "bias_w");
   }
   auto out = at::empty({B, H, W, heads, K}, x.options());
   const FeatureStrides xs(x), ys(y);
@@ -210,8 +231,8 @@ at::Tensor neighbour_weighted_sum(const at::Tensor& w, const at::Tensor& y, cons
                                   const at::Tensor& nbr_w, double scale) {
   check_features(y, "y");
   const int64_t B = y.size(0), H = y.size(1), W = y.size(2), heads = y.size(3), D = y.size(4);
-  check_table(nbr_h, H, "nbr_h");
-  check_table(nbr_w, W, "nbr_w");
+  check_neighbours(nbr_h, H, "nbr_h");
+  check_neighbours(nbr_w, W, "nbr_w");
   const int64_t kh = nbr_h.size(1), kw = nbr_w.size(1), K = kh * kw;
   check_weights(w, y, K);
   auto out = at::empty({B, H, W, heads, D}, y.options());
@@ -268,22 +289,34 @@ std::vector<AxisBlock> axis_blocks(int64_t length, int64_t kernel, int64_t dilat
 }
 
 // The dilation of an axis, read from its table: a query's neighbours are `dilation` apart
-// (any value is race-free for k = 1, where each query writes only its own key).
-int64_t table_dilation(const at::Tensor& nbr) {
-  const int64_t* first = nbr.data_ptr<int64_t>();
-  return nbr.size(1) > 1 ? first[1] - first[0] : 1;
+// (any value is race-free for k = 1, where each query writes only its own key). The passes
+// below are race-free only if every query's neighbours lie in its own dilation group, within
+// (k-1) group positions of it: checked here, entry by entry (the table is small).
+int64_t table_dilation(const at::Tensor& nbr, const char* name) {
+  const int64_t length = nbr.size(0), kernel = nbr.size(1);
+  const int64_t* p = nbr.data_ptr<int64_t>();
+  const int64_t dilation = length > 0 && kernel > 1 ? p[1] - p[0] : 1;
+  TORCH_CHECK(length == 0 || (dilation >= 1 && dilation * kernel <= length), name,
+              "'s dilation must be in [1, size / kernel], got ", dilation);
+  for (int64_t i = 0; i < length; ++i)
+    for (int64_t a = 0; a < kernel; ++a) {
+      const int64_t offset = p[i * kernel + a] - i;
+      TORCH_CHECK(offset % dilation == 0 && std::abs(offset) <= (kernel - 1) * dilation, name,
+                  " row ", i, " reaches ", p[i * kernel + a],
+                  ": outside its dilation group's window");
+    }
+  return dilation;
 }
 
 at::Tensor neighbour_scatter(const at::Tensor& w, const at::Tensor& z, const at::Tensor& nbr_h,
                              const at::Tensor& nbr_w, double scale) {
   check_features(z, "z");
   const int64_t B = z.size(0), H = z.size(1), W = z.size(2), heads = z.size(3), D = z.size(4);
-  check_table(nbr_h, H, "nbr_h");
-  check_table(nbr_w, W, "nbr_w");
+  check_neighbours(nbr_h, H, "nbr_h");
+  check_neighbours(nbr_w, W, "nbr_w");
   const int64_t kh = nbr_h.size(1), kw = nbr_w.size(1), K = kh * kw;
-  const int64_t dilation_h = table_dilation(nbr_h), dilation_w = table_dilation(nbr_w);
-  TORCH_CHECK(dilation_h >= 1 && dilation_h * kh <= H && dilation_w >= 1 && dilation_w * kw <= W,
-              "the tables' dilations must be in [1, size / kernel] per axis");
+  const int64_t dilation_h = table_dilation(nbr_h, "nbr_h");
+  const int64_t dilation_w = table_dilation(nbr_w, "nbr_w");
   check_weights(w, z, K);
   auto out = at::zeros({B, H, W, heads, D}, z.options());
   const FeatureStrides zs(z);
@@ -332,8 +365,8 @@ at::Tensor rpb_grad(const at::Tensor& grad, const at::Tensor& bias_h, const at::
   TORCH_CHECK(grad.dim() == 5 && grad.is_contiguous() && grad.device().is_cpu(),
               "grad must be a contiguous CPU [B, H, W, heads, kh*kw] tensor");
   const int64_t B = grad.size(0), H = grad.size(1), W = grad.size(2), heads = grad.size(3);
-  check_table(bias_h, H, "bias_h");
-  check_table(bias_w, W, "bias_w");
+  check_bias(bias_h, H, bias_h.dim() == 2 ? bias_h.size(1) : -1, "bias_h");
+  check_bias(bias_w, W, bias_w.dim() == 2 ? bias_w.size(1) : -1, "bias_w");
   const int64_t kh = bias_h.size(1), kw = bias_w.size(1), K = kh * kw;
   TORCH_CHECK(grad.size(4) == K, "grad's last dimension must be kh*kw");
   const int64_t bias_cols = 2 * kw - 1, bias_size = (2 * kh - 1) * bias_cols;
