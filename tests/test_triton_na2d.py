@@ -151,6 +151,15 @@ def test_benchmark_gpu_refuses_a_machine_it_cannot_use_at_once(tmp_path, device,
     assert not list(tmp_path.iterdir())  # nothing spent, nothing written
 
 
+@interpreter_runs
+def test_gpu_ab_launch_settings_script_runs():
+    """The prepared A/B check for the next GPU slot cannot rot: its smoke run on CPU."""
+    out = run_python(['scripts/gpu_ab_launch_settings.py', '--smoke'], interpret=True)
+    for name in ('new', 'old', 'old fwd only', 'old dq only', 'old dkdv only'):
+        assert f'{name}: fwd ' in out
+    assert 'self-check new: passed' in out and 'self-check old: passed' in out, out
+
+
 @pytest.fixture(scope='module')
 def benchmark_gpu():
     return load_tool('benchmark_gpu')

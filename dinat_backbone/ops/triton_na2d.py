@@ -413,5 +413,5 @@ def na2d_triton(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         RuntimeError: Triton is not installed, or a CPU tensor without ``TRITON_INTERPRET=1``.
         TypeError, ValueError: a dtype, head dim or kernel size the kernels do not take.
     """
-    args = check_na2d_args(query, key, value, kernel_size, dilation, rpb, scale)
+    args = check_na2d_args(query, key, value, kernel_size, dilation, rpb, scale, attn_drop)
     return run_triton(query, key, value, args, rpb, attn_drop)
