@@ -68,8 +68,8 @@ DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.
 TOLERANCE = {'float32': 1e-4, 'float16': 5e-3, 'bfloat16': 3e-2}
 # Seconds per section (the total, with imports and set-up, is about 270 s on one H200).
 PLAN = {'correctness': 35.0, 'determinism': 5.0, 'model': 45.0, 'operator': 170.0}
-# A FlexAttention row's compilation and measurement, until one has run: 223 s on the H200
-# machine's cold caches (torch 2.11, 2026-12-04; level 1 at 512x512, forward and backward).
+# A FlexAttention row's compilation and measurement, until one has run: 223 s and 158 s on
+# the H200 machines' cold caches (torch 2.11, 2026-12-04; level 1 at 512x512, bfloat16).
 FLEX_ROW_GUESS_S = 225.0
 MIN_FREE_GIB = 24.0
 # The H200's peaks for the roofline estimates: HBM3e bandwidth and dense bf16 tensor-core rate.
