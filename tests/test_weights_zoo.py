@@ -86,6 +86,7 @@ def test_unreachable_urls_and_zoo_names_fail_with_one_line(monkeypatch, tmp_path
     assert message.startswith(f'Cannot download {dead}: ') and '\n' not in message
     assert "give the file's path instead, e.g. checkpoint='/path/to/dinat_tiny_in1k_224.pth'" \
         in message
+    assert 'put the file at ' in message and 'dinat_tiny_in1k_224.pth, or give' in message
     assert error.value.__cause__ is None and error.value.__suppress_context__
 
     # a zoo name whose host is unreachable: the name and its URL are named
@@ -102,6 +103,7 @@ def test_unreachable_urls_and_zoo_names_fail_with_one_line(monkeypatch, tmp_path
     with serve(tmp_path / 'served') as base:
         with pytest.raises(ConnectionError) as error:
             fetch_checkpoint(f'{base}/missing.pth')
-    assert str(error.value).startswith(f'Cannot download {base}/missing.pth: File not found.')
+    assert str(error.value).startswith(f'Cannot download {base}/missing.pth: File not found. '
+                                      'Nothing was cached. Without network access')
     assert not list((tmp_path / 'torch').rglob('*.pth'))
     assert fetch_checkpoint('/some/file.pth') == '/some/file.pth'

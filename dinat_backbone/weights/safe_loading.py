@@ -49,8 +49,8 @@ from urllib.request import Request, urlopen
 import torch
 
 __all__ = [
-    'CheckpointReadError', 'UnsafeCheckpointError', 'allowed_globals', 'trust_checkpoints',
-    'load_checkpoint_file', 'download_checkpoint'
+    'CheckpointReadError', 'DownloadError', 'UnsafeCheckpointError', 'allowed_globals',
+    'trust_checkpoints', 'load_checkpoint_file', 'download_checkpoint'
 ]
 
 SafeGlobal = Union[Callable, Tuple[Callable, str]]
@@ -73,6 +73,16 @@ class CheckpointReadError(ValueError):
 
     A ``ValueError`` (a bad input file), which the tools report as a one-line error.
     """
+
+
+class DownloadError(OSError):
+    """A download that failed, with nothing cached: the ``url``, the cache ``path`` it was
+    for and the ``reason`` (the server's or the network's, e.g. 'File not found')."""
+
+    def __init__(self, url: str, path: str, reason: str, detail: str) -> None:
+        super().__init__(f'Download of {url} to {path} failed: {detail}. Nothing was cached; '
+                         'the next load downloads it again.')
+        self.url, self.path, self.reason = url, path, reason
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError, CheckpointReadError):
@@ -577,7 +587,7 @@ def download_checkpoint(url: str, model_dir: Optional[str] = None, progress: boo
             before the download fails. Default: ``$DINAT_DOWNLOAD_TIMEOUT``, else 60.
 
     Raises:
-        OSError: the download failed (HTTP error, timeout, a body shorter than announced);
+        DownloadError: the download failed (HTTP error, timeout, a body shorter than announced);
             the message names the URL and the cache path.
         RuntimeError: the content does not match the hash in its name (nothing is cached).
     """
@@ -597,11 +607,11 @@ def download_checkpoint(url: str, model_dir: Optional[str] = None, progress: boo
             try:
                 _, sha256 = _fetch(url, part, timeout, progress)
             except (OSError, http.client.HTTPException) as error:
-                reason = (f'no data for {timeout:g} s (the timeout: timeout= or '
+                detail = (f'no data for {timeout:g} s (the timeout: timeout= or '
                           f'${DOWNLOAD_TIMEOUT_ENV})' if isinstance(error, TimeoutError) or
                           'timed out' in str(error) else str(error) or type(error).__name__)
-                raise OSError(f'Download of {url} to {path} failed: {reason}. Nothing was '
-                              'cached; the next load downloads it again.') from error
+                reason = str(getattr(error, 'reason', None) or detail)
+                raise DownloadError(url, path, reason, detail) from error
             part.flush()
             os.fsync(part.fileno())
         if hash_prefix is not None and not sha256.startswith(hash_prefix):

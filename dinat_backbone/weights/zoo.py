@@ -15,7 +15,6 @@ Example:
 import os.path as osp
 from dataclasses import dataclass
 from typing import Dict, List, Optional
-from urllib.error import URLError
 from urllib.parse import urlparse
 
 __all__ = ['PretrainedCheckpoint', 'TaskCheckpoint', 'IMAGENET_CHECKPOINTS', 'TASK_CHECKPOINTS',
@@ -259,16 +258,16 @@ def fetch_checkpoint(name_or_path: str) -> str:
         ConnectionError: the URL cannot be fetched (offline, unreachable, HTTP error); one line
             naming the URL and what to do instead.
     """
-    from .safe_loading import download_checkpoint
+    from .safe_loading import DownloadError, download_checkpoint
     url = resolve_checkpoint(name_or_path)
     if not url.startswith(('http://', 'https://')):
         return url
     try:
         return download_checkpoint(url)
-    except (URLError, TimeoutError) as error:
+    except DownloadError as error:
         named = url if url == name_or_path else f'{name_or_path!r} ({url})'
         file_name = osp.basename(urlparse(url).path) or 'checkpoint.pth'
         raise ConnectionError(
-            f'Cannot download {named}: {getattr(error, "reason", error)}. Without network '
-            f'access, fetch that URL elsewhere and give the file\'s path instead, e.g. '
-            f'checkpoint=\'/path/to/{file_name}\'.') from None
+            f'Cannot download {named}: {error.reason}. Nothing was cached. Without network '
+            f'access, fetch that URL elsewhere and put the file at {error.path}, or give the '
+            f'file\'s path instead, e.g. checkpoint=\'/path/to/{file_name}\'.') from None
