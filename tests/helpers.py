@@ -158,9 +158,11 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve(directory: Path) -> Iterator[str]:
-    """An http server for ``directory`` on localhost; yields its base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
+def serve(directory: Optional[Path] = None, handler: Optional[type] = None) -> Iterator[str]:
+    """An http server on localhost, of the files of ``directory`` or with its own request
+    ``handler`` class; yields its base URL."""
+    if handler is None:
+        handler = functools.partial(_QuietHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -736,14 +736,11 @@ def _lying_server(body: bytes, behaviour: dict) -> Iterator[str]:
                 release.wait(30)
             self.close_connection = True
 
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f'http://127.0.0.1:{server.server_address[1]}'
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
+    with serve(handler=Handler) as url:
+        try:
+            yield url
+        finally:
+            release.set()  # before the server closes: it waits for a stalled handler
 
 
 @pytest.mark.parametrize('mode, reason, timeout', [

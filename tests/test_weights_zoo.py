@@ -103,7 +103,8 @@ def test_unreachable_urls_and_zoo_names_fail_with_one_line(monkeypatch, tmp_path
     with serve(tmp_path / 'served') as base:
         with pytest.raises(ConnectionError) as error:
             fetch_checkpoint(f'{base}/missing.pth')
-    assert str(error.value).startswith(f'Cannot download {base}/missing.pth: File not found. '
-                                      'Nothing was cached. Without network access')
+    assert str(error.value).startswith(
+        f'Cannot download {base}/missing.pth: File not found. Nothing was cached. Without '
+        'network access')
     assert not list((tmp_path / 'torch').rglob('*.pth'))
     assert fetch_checkpoint('/some/file.pth') == '/some/file.pth'
