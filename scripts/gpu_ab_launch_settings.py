@@ -1,13 +1,15 @@
-"""The prepared check for the next GPU slot (about 90 s on an H200): the Triton kernels' launch
-settings before the spill work (e6b22fa: forward 4 warps, backward 8, 8x8 blocks, Triton's
+"""The prepared check for the next GPU slot (about 2 minutes on an H200): the Triton kernels'
+launch settings before the spill work (e6b22fa: forward 4 warps, backward 8, 8x8 blocks, Triton's
 default stages, no register cap) against today's per-variant, spill-free settings
 (``triton_na2d.kernel_config``: 8 warps, at most 255 registers, smaller blocks where the larger
-spilled), interleaved in one process: the operator at DiNAT-T's level shapes (bfloat16, float32
-rpb) with each kernel's settings swapped alone, a DiNAT-T training step, and the self-check.
+spilled), and today's settings without the interior tiles' bias table (``BIAS_TABLE``),
+interleaved in one process: the operator at DiNAT-T's level shapes (bfloat16, float32 rpb) with
+each kernel's settings swapped alone, a DiNAT-T training step, and the self-check.
 
 Why: between the first two GPU runs (docs/benchmarks.md, "GPU") the operator's forward+backward
 fell from 10x to 4.2x the tiled version's speed, on different machines, while the DiNAT-T / Swin-T
-ratio held; this separates the launch settings from everything else.
+ratio held; this separates the launch settings from everything else. The bias table came after
+those runs: no GPU has measured it yet.
 
     PYTHONUNBUFFERED=1 python3 scripts/gpu_ab_launch_settings.py          # on the GPU machine
     TRITON_INTERPRET=1 python scripts/gpu_ab_launch_settings.py --smoke    # CPU (its test)
@@ -30,20 +32,33 @@ device = torch.device('cpu' if smoke else 'cuda')
 NEW = tn.kernel_config
 
 
-def old(kernel, dtype, precision, block_d, has_rpb, rpb_size=0):
+def old(kernel, *args):
+    """The old warps, blocks and stages (the bias table as today)."""
+    new = NEW(kernel, *args)
+    if kernel == 'rpb_tiles':
+        return new
     blocks = ('QUERIES_Y', 'QUERIES_X') if kernel == 'bwd_key' else ('KEYS_Y', 'KEYS_X')
-    return tn.KernelConfig(4 if kernel == 'fwd' else 8, 3, dict(zip(blocks, (8, 8))), None)
+    return tn.KernelConfig(4 if kernel == 'fwd' else 8, 3,
+                           {**new.constants, **dict(zip(blocks, (8, 8)))}, None)
+
+
+def without_bias_table(kernel, *args):
+    new = NEW(kernel, *args)
+    return new._replace(constants={**new.constants, 'BIAS_TABLE': False}) if (
+        'BIAS_TABLE' in new.constants) else new
 
 
 def mixed(fwd, bwd_query, bwd_key):
-    table = {'fwd': fwd, 'bwd_query': bwd_query, 'bwd_key': bwd_key}
+    table = {'fwd': fwd, 'bwd_query': bwd_query, 'bwd_key': bwd_key, 'rpb_tiles': NEW}
     return lambda kernel, *a, **k: table[kernel](kernel, *a, **k)
 
 
-CONFIGS = {'new': NEW, 'old': old, 'old fwd only': mixed(old, NEW, NEW),
-           'old dq only': mixed(NEW, old, NEW), 'old dkdv only': mixed(NEW, NEW, old)}
+CONFIGS = {'new': NEW, 'no bias table': without_bias_table, 'old': old,
+           'old fwd only': mixed(old, NEW, NEW), 'old dq only': mixed(NEW, old, NEW),
+           'old dkdv only': mixed(NEW, NEW, old)}
+MODEL_CONFIGS = ('new', 'no bias table', 'old')
 dtype = torch.float32 if smoke else torch.bfloat16
-shapes = ([(1, 9, 10, 2, 8)] if smoke else
+shapes = ([(1, 19, 19, 1, 8)] if smoke else  # interior and border tiles
           [(2, 128, 128, 2, 32), (8, 128, 128, 2, 32), (2, 32, 32, 8, 32), (1, 8, 8, 1, 32)])
 started = time.monotonic()
 print(f'torch {torch.__version__}, {torch.cuda.get_device_name() if not smoke else "cpu"}')
@@ -88,13 +103,29 @@ def step(config):
     return fn
 
 
-times = time_interleaved({n: step(CONFIGS[n]) for n in ('new', 'old')}, 1 if smoke else 10,
+times = time_interleaved({n: step(CONFIGS[n]) for n in MODEL_CONFIGS}, 1 if smoke else 10,
                          device)
 print('DiNAT-T fwd+bwd batch 8 512x512 bf16: ' + '; '.join(f'{n} {t:.1f} ms'
                                                            for n, t in times.items()))
-# The self-check on this GPU, for the model's variant, with each config.
+# torch.compile of the operator, forward and backward, as one graph (the registered
+# operators), against eager.
+if not smoke:
+    tn.kernel_config = NEW
+    t0 = time.monotonic()
+    compiled = torch.compile(lambda *inputs: na2d(*inputs[:3], 7, 1, rpb=inputs[3],
+                                                  backend='triton'), fullgraph=True)
+    results = []
+    for fn in (compiled, lambda *inputs: na2d(*inputs[:3], 7, 1, rpb=inputs[3],
+                                              backend='triton')):
+        out = fn(q, k, v, rpb)
+        results.append([out, *torch.autograd.grad(out, (q, k, v, rpb), grad)])
+    error = max((a.float() - b.float()).abs().max().item() for a, b in zip(*results))
+    print(f'torch.compile fullgraph: max abs difference to eager {error:.2e}, '
+          f'{time.monotonic() - t0:.0f} s with compilation')
+# The self-check on this GPU, for the model's variant, with each config (the smoke run: one;
+# interpreted, each takes a while).
 os.environ['DINAT_TRITON_SELF_CHECK'] = '1'
-for name in ('new', 'old'):
+for name in MODEL_CONFIGS[:1] if smoke else MODEL_CONFIGS:
     tn.kernel_config = CONFIGS[name]
     tn._self_checked.clear()
     t0 = time.monotonic()

@@ -7,6 +7,7 @@ process started with it: ``test_triton_na2d.py::test_kernels_under_the_interpret
 The interpreter runs bfloat16 matmuls wrongly, so float32 and float16 are checked here (bfloat16
 by ``tools/benchmark_gpu.py`` on a GPU).
 """
+import collections
 import os
 import warnings
 from pathlib import Path
@@ -21,10 +22,12 @@ if os.environ.get('TRITON_INTERPRET') != '1':
                        '(test_triton_na2d.py does)')
 
 import triton  # noqa: E402,F401  (a test requirement: fail here if it is missing)
-from triton.runtime.interpreter import InterpreterBuilder  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction, InterpreterBuilder  # noqa: E402
 
 from dinat_backbone.ops import na2d, na2d_tiled, triton_na2d  # noqa: E402
-from dinat_backbone.ops.triton_na2d import (_backward_query, _forward,  # noqa: E402
+from dinat_backbone.ops.triton_na2d import (TILE, _backward_key,  # noqa: E402
+                                            _backward_query, _forward, _interior_bias,
                                             na2d_triton, triton_kernels)
 
 # The kernels' first-use self-check runs only in the tests that turn it on (self_check): the
@@ -47,6 +50,9 @@ SHAPES = [
     ((1, 13, 13, 1, 16), 13, 1),         # the largest kernel, as large as the map
     ((1, 24, 23, 1, 32), 11, 2),         # Mask2Former's kernel, dilated
     ((1, 18, 9, 1, 24), 3, (6, 3)),      # head dim 24 (padded to 32); k * d = both sides
+    # Interior tiles (the bias table) of the query-major and the key-major kernels:
+    ((1, 30, 30, 1, 16), 7, 1),
+    ((1, 24, 48, 1, 8), (5, 3), (1, 2)),  # rectangular kernel, dilated
 ]
 
 
@@ -94,7 +100,8 @@ def test_float32_forward_and_gradients_match_oracle(shape, kernel, dilation):
     run_against_oracle(shape, kernel, dilation, torch.float32, 1e-5, seed=shape[1] * shape[2])
 
 
-@pytest.mark.parametrize('shape,kernel,dilation', [SHAPES[2], SHAPES[3], SHAPES[6]])
+@pytest.mark.parametrize('shape,kernel,dilation',
+                         [SHAPES[2], SHAPES[3], SHAPES[6], SHAPES[11]])
 def test_float16_forward_and_gradients_match_oracle(shape, kernel, dilation):
     # float16 inputs, float32 accumulation: probabilities and ds are rounded to float16 for
     # the matmuls, as in FlashAttention.
@@ -121,6 +128,119 @@ def test_matches_natten_0_17_5_outputs():
         for name, tensor in zip('qkv', (q, k, v)):
             assert relative_error(tensor.grad.permute(0, 3, 1, 2, 4), case[f'grad_{name}']) <= 1e-5
         assert relative_error(rpb.grad, case['grad_rpb']) <= 1e-5
+
+
+def interior_tokens(shape, kernel, dilation, key_major):
+    """[H, W] bool: the tokens in interior tiles, by the tiling's definition (not the kernels'
+    code): query-major, tiles whose queries' windows are all centred; key-major, tiles whose
+    keys are seen only by queries with centred windows."""
+    margins = [k if key_major else k // 2 for k in kernel]
+
+    def axis(length, dil, margin):
+        inside = torch.zeros(length, dtype=torch.bool)
+        for group in range(dil):
+            group_len = len(range(group, length, dil))
+            for first in range(0, group_len, TILE):
+                if first >= margin and first + TILE + margin <= group_len:
+                    inside[group + dil * first:group + dil * (first + TILE):dil] = True
+        return inside
+
+    rows, cols = (axis(length, dil, margin)
+                  for length, dil, margin in zip(shape[1:3], dilation, margins))
+    return rows[:, None] & cols[None, :]
+
+
+def test_interior_tiles_and_only_they_read_the_bias_table():
+    """A table of NaNs poisons exactly the interior tiles: the forward's and the dq kernel's
+    queries, the dk/dv kernel's keys. (Their values are checked against the oracle above.)"""
+    shape, kernel, dilation = (1, 27, 48, 1, 8), (5, 3), (1, 2)
+    (q, k, v, rpb), grad = make_case(shape, kernel, torch.float32, seed=2)
+    kernels, scale = triton_kernels(), shape[-1] ** -0.5
+    bias = _interior_bias(kernels, rpb, kernel)
+    poisoned = torch.full_like(bias, float('nan'))
+    query_major = interior_tokens(shape, kernel, dilation, key_major=False)
+    key_major = interior_tokens(shape, kernel, dilation, key_major=True)
+    assert 0 < key_major.sum() < query_major.sum() < query_major.numel()
+
+    out, _ = _forward(kernels, q, k, v, rpb, poisoned, kernel, dilation, scale)
+    assert torch.equal(out[0, :, :, 0].isnan().any(-1), query_major)
+
+    out, lse = _forward(kernels, q, k, v, rpb, bias, kernel, dilation, scale)
+    grad = grad.float()
+    args = (kernels, q, k, v, rpb, poisoned, grad, lse, torch.empty_like(lse), kernel,
+            dilation, scale)
+    grad_query, _, _ = _backward_query(*args, out=out, deterministic=True)
+    assert torch.equal(grad_query[0, :, :, 0].isnan().any(-1), query_major)
+    args = (kernels, q, k, v, rpb, bias, grad, lse, torch.empty_like(lse), kernel, dilation,
+            scale)
+    _backward_query(*args, out=out, deterministic=True)  # fills delta
+    grad_key, grad_value = _backward_key(*args[:5], poisoned, *args[6:])
+    assert torch.equal(grad_key[0, :, :, 0].isnan().any(-1), key_major)
+    assert torch.equal(grad_value[0, :, :, 0].isnan().any(-1), key_major)
+
+
+# Kernels each aten op launches no GPU work for: allocations, views and autograd's detach.
+NO_GPU_WORK = {'aten.empty', 'aten.empty_like', 'aten.new_empty', 'aten.new_empty_strided',
+               'aten.empty_strided', 'aten.view', 'aten.slice', 'aten.detach',
+               'aten._unsafe_view', 'aten.as_strided'}
+
+
+class LaunchCounter(TorchDispatchMode):
+    """Counts the Triton launches (every interpreted kernel run) and the torch ops that do GPU
+    work, outside the launches (the interpreter's own tensor copies are not the op's). The
+    ``dinat_na2d::triton_*`` operators are run through their Python implementations, so
+    that the ops inside them are seen too."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.launches = collections.Counter()
+        self.torch_ops = collections.Counter()
+        self.launching = False
+        run = InterpretedFunction.run
+        counter = self
+
+        def counting_run(kernel, *args, grid, warmup, **kwargs):
+            if not warmup:
+                counter.launches[kernel.__name__] += 1
+            counter.launching = True
+            try:
+                return run(kernel, *args, grid=grid, warmup=warmup, **kwargs)
+            finally:
+                counter.launching = False
+
+        monkeypatch.setattr(InterpretedFunction, 'run', counting_run)
+        self.implementations = {'dinat_na2d.triton_forward': triton_na2d._forward_op,
+                                'dinat_na2d.triton_backward': triton_na2d._backward_op}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        if name in self.implementations:
+            with self:
+                return self.implementations[name](*args, **(kwargs or {}))
+        if not self.launching and name not in NO_GPU_WORK:
+            self.torch_ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+@pytest.mark.parametrize('deterministic', [False, True])
+def test_forward_and_backward_launch_five_gpu_kernels(monkeypatch, dtype, deterministic):
+    """One forward+backward with rpb: the four Triton kernels and one torch op (zeroing the
+    atomics' d(rpb), or the deterministic partial sums' reduction). Before ``delta`` moved into
+    the dq kernel and the bias table came in, it was 3 launches and 3 torch ops (float32;
+    5 in float16: the casts), plus 1 more in deterministic mode (a strided d(rpb) copied)."""
+    counter = LaunchCounter(monkeypatch)
+    (q, k, v, rpb), grad = make_case((1, 12, 12, 2, 16), 7, dtype, seed=4)
+    leaves = [t.requires_grad_() for t in (q, k, v, rpb.float())]
+    grad = grad.to(dtype)
+    monkeypatch.setattr(torch, 'are_deterministic_algorithms_enabled', lambda: deterministic)
+    with counter:
+        out = na2d_triton(*leaves[:3], 7, 1, rpb=leaves[3])
+        out.backward(grad)
+    assert counter.launches == {'_rpb_tiles_kernel': 1, '_na2d_fwd_kernel': 1,
+                                '_na2d_bwd_query_kernel': 1, '_na2d_bwd_key_kernel': 1}
+    assert counter.torch_ops == {'aten.sum' if deterministic else 'aten.zeros': 1}
+    assert all(leaf.grad is not None for leaf in leaves)
 
 
 class AtomicCounter:
@@ -172,10 +292,11 @@ def test_deterministic_rpb_grad_uses_per_program_partials_and_no_atomics(monkeyp
     shape, kernel, dilation = PARTIALS_CASE
     (q, k, v, rpb), grad = make_case(shape, kernel, torch.float32, seed=5)
     scale = shape[-1] ** -0.5
-    out, lse = _forward(triton_kernels(), q, k, v, rpb, (5, 5), dilation, scale)
-    delta = (grad.float() * out).sum(-1)
-    _, grad_rpb, partials = _backward_query(triton_kernels(), q, k, v, rpb, grad.float(), lse,
-                                            delta, (5, 5), dilation, scale, deterministic=True)
+    bias = _interior_bias(triton_kernels(), rpb, (5, 5))
+    out, lse = _forward(triton_kernels(), q, k, v, rpb, bias, (5, 5), dilation, scale)
+    _, grad_rpb, partials = _backward_query(triton_kernels(), q, k, v, rpb, bias, grad.float(),
+                                            lse, torch.empty_like(lse), (5, 5), dilation, scale,
+                                            out=out, deterministic=True)
     assert partials.shape == (2, 2 * 2, 16, 16)  # [batch * heads, programs, padded table]
     assert (partials[..., 9:, :] == 0).all() and (partials[..., 9:] == 0).all()
     torch.testing.assert_close(partials.view(1, 2, 4, 16, 16).sum((0, 2))[:, :9, :9],
@@ -203,18 +324,15 @@ def test_what_the_kernels_do_not_take_raises(dtype, shape, kernel, error, match)
         na2d(q, q, q, kernel, backend='triton')
 
 
-class WrongKeyGradients:
-    """The dk/dv kernel made wrong on purpose: its dk comes out doubled."""
+def break_key_gradients(monkeypatch):
+    """The dk/dv kernel's launcher made wrong on purpose: its dk comes out doubled."""
+    right = triton_na2d._backward_key
 
-    def __init__(self, kernel):
-        self.kernel = kernel
+    def wrong(*args, **kwargs):
+        grad_key, grad_value = right(*args, **kwargs)
+        return grad_key * 2, grad_value
 
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.kernel[grid](*args, **kwargs)
-            args[7].mul_(2)  # DK
-
-        return launch
+    monkeypatch.setattr(triton_na2d, '_backward_key', wrong)
 
 
 def self_check_case():
@@ -242,9 +360,7 @@ def test_self_check_passes_correct_kernels(self_check, recwarn):
 
 
 def test_self_check_falls_back_to_tiled_on_a_wrong_kernel(self_check, monkeypatch):
-    kernels = triton_kernels()
-    monkeypatch.setattr(kernels, '_na2d_bwd_key_kernel',
-                        WrongKeyGradients(kernels._na2d_bwd_key_kernel))
+    break_key_gradients(monkeypatch)
     leaves, grad = self_check_case()
     tiled = run_case(leaves, grad, backend='torch')
     with pytest.warns(RuntimeWarning) as record:
@@ -263,17 +379,14 @@ def test_self_check_falls_back_to_tiled_on_a_wrong_kernel(self_check, monkeypatc
 
 
 def test_self_check_waits_for_an_eager_call_and_can_be_turned_off(self_check, monkeypatch):
-    kernels = triton_kernels()
-    monkeypatch.setattr(kernels, '_na2d_bwd_key_kernel',
-                        WrongKeyGradients(kernels._na2d_bwd_key_kernel))
+    break_key_gradients(monkeypatch)
     leaves, grad = self_check_case()
     tiled_dk = run_case(leaves, grad, backend='torch')[2]
     monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
     assert not torch.allclose(run_case(leaves, grad)[2], tiled_dk)  # the kernels, unchecked
     assert not self_check
     monkeypatch.undo()
-    monkeypatch.setattr(kernels, '_na2d_bwd_key_kernel',
-                        WrongKeyGradients(kernels._na2d_bwd_key_kernel))
+    break_key_gradients(monkeypatch)
     monkeypatch.setattr(triton_na2d, '_self_checked', self_check)
     monkeypatch.setenv(triton_na2d.SELF_CHECK_ENV, '0')
     assert not torch.allclose(run_case(leaves, grad)[2], tiled_dk)

@@ -5,7 +5,8 @@ A compiled variant is one set of a kernel's compile-time parameters: the input d
 there is an rpb (the launchers hand it to the kernels in float32 whatever its dtype, see
 :mod:`~dinat_backbone.ops.triton_na2d`), the padded head dim (32 and 64, the model's), the
 float32 matmul precision, and for the dq/d(rpb) kernel the rpb table's size class (kernels up
-to 7 and up to 13) and ``deterministic``. :func:`static_report` prints registers, spill bytes,
+to 7 and up to 13) and ``deterministic``; and the bias-table builder of interior tiles per
+halo size (kernels up to 9 and up to 13). :func:`static_report` prints registers, spill bytes,
 stack and shared memory per compiled variant, the occupancy (resident warps per SM out of 64),
 and as its last line ``spills: <bytes> bytes in <n> variants``.
 """
@@ -31,20 +32,24 @@ HEAD_DIMS = (32, 64)
 RPB_SIZE_CLASSES = (16, 32)  # padded d(rpb) tables: kernel sizes 3..7 and 9..13 (16 bits)
 # (input dtype, float32 matmul precision): 16-bit inputs ignore the precision.
 DTYPE_PRECISIONS = (('fp32', 'ieee'), ('fp32', 'tf32'), ('fp16', 'tf32'), ('bf16', 'tf32'))
-KERNELS = ('fwd', 'bwd_query', 'bwd_key')
+KERNELS = ('fwd', 'bwd_query', 'bwd_key', 'rpb_tiles')
+# The bias table's padded halo per axis (_interior_bias): kernels 3..9 and 11..13.
+HALO_SIZES = (16, 24)
 
 
 class KernelVariant(NamedTuple):
     """One compiled variant of one kernel."""
-    kernel: str  # 'fwd', 'bwd_query' or 'bwd_key'
+    kernel: str  # one of KERNELS
     dtype: str  # 'fp32', 'fp16' or 'bf16'
     precision: str  # float32 matmuls: 'ieee' or 'tf32'
     block_d: int
     has_rpb: bool
-    rpb_size: int = 0  # bwd_query with rpb only
+    rpb_size: int = 0  # bwd_query with rpb: the d(rpb) table; rpb_tiles: the padded halo
     deterministic: bool = False  # bwd_query with rpb only
 
     def name(self) -> str:
+        if self.kernel == 'rpb_tiles':
+            return f'rpb_tiles halo{self.rpb_size}'
         parts = [self.kernel, self.dtype + ('-' + self.precision if self.dtype == 'fp32' else ''),
                  f'D{self.block_d}', 'rpb' if self.has_rpb else 'no-rpb']
         if self.rpb_size:
@@ -80,6 +85,7 @@ def model_variants() -> List[KernelVariant]:
         for rpb_size, deterministic in itertools.product(sizes, (False, True)):
             variants.append(KernelVariant('bwd_query', **common, rpb_size=rpb_size,
                                           deterministic=deterministic))
+    variants += [KernelVariant('rpb_tiles', 'fp32', 'ieee', 0, True, halo) for halo in HALO_SIZES]
     return variants
 
 
@@ -94,16 +100,20 @@ def _compile(variant: KernelVariant, arch: int) -> Tuple[str, int, int]:
     from ..ops.triton_na2d import TILE, kernel_config
 
     fn = {'fwd': kernels._na2d_fwd_kernel, 'bwd_query': kernels._na2d_bwd_query_kernel,
-          'bwd_key': kernels._na2d_bwd_key_kernel}[variant.kernel]
+          'bwd_key': kernels._na2d_bwd_key_kernel,
+          'rpb_tiles': kernels._rpb_tiles_kernel}[variant.kernel]
     config = kernel_config(variant.kernel, variant.dtype, variant.precision, variant.block_d,
                            variant.has_rpb, variant.rpb_size)
     constants = dict(HAS_RPB=variant.has_rpb, PRECISION=variant.precision,
                      BLOCK_D=variant.block_d, TILE_Y=TILE, TILE_X=TILE, **config.constants)
+    if variant.kernel == 'rpb_tiles':
+        constants = dict(TILE_Y=TILE, TILE_X=TILE,
+                         BLOCK=1 << (variant.rpb_size ** 2 - 1).bit_length())
     if variant.kernel == 'bwd_query':
         constants.update(DETERMINISTIC=variant.deterministic,
                          RPB_Y=variant.rpb_size or 16, RPB_X=variant.rpb_size or 16)
     data = '*' + variant.dtype
-    fp32_pointers = {'RPB', 'LSE', 'DELTA', 'DRPB'}
+    fp32_pointers = {'RPB', 'BIAS', 'LSE', 'DELTA', 'DRPB'}
     signature = {}
     for name in fn.arg_names:
         if name in constants:

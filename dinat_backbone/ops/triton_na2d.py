@@ -2,15 +2,18 @@
 
 Forward: FlashAttention-2 style. A program takes an 8x8 tile of queries of one dilation group
 and one (batch, head) and runs an online softmax over the keys of their windows (the tile's
-halo, in 8x8 blocks, masked to each query's window); the rpb is gathered by offset inside the
-kernel. Only the output and the logsumexp (``[B, H, W, heads]``, float32) are written: the
-``k*k`` logits never reach memory, and memory is ``O(B * H * W * heads * D)``.
+halo, in blocks, masked to each query's window). Interior tiles (all windows centred) add the
+rpb from a bias table built once per forward, ``[heads, 64, halo]`` in float32 with the
+windows' mask in it, read as dense rows; border tiles gather it by offset. Only the output and
+the logsumexp (``[B, H, W, heads]``, float32) are written: the ``k*k`` logits never reach
+memory, and memory is ``O(B * H * W * heads * D)``.
 
-Backward, from q, k, v, out and the logsumexp: dq and d(rpb) query-major (the forward's
-tiling), dk and dv key-major (a tile of keys loops over the queries that can see it, each
-masked by its own window, which at the borders is not a window around the key). No float
-atomics touch dq/dk/dv. d(rpb) is summed per program with two small one-hot matmuls; the
-per-program tables are then either added with atomics or, when
+Backward, from q, k, v, out and the logsumexp: dq, d(rpb) and ``delta = rowsum(dout * out)``
+query-major (the forward's tiling), dk and dv key-major (a tile of keys loops over the queries
+that can see it, each masked by its own window, which at the borders is not a window around the
+key); interior tiles read the bias table there too. No float atomics touch dq/dk/dv. d(rpb)
+is summed per program with two small one-hot matmuls; the per-program tables are then either
+added with atomics or, when
 ``torch.are_deterministic_algorithms_enabled()`` (mmengine's
 ``randomness=dict(deterministic=True)``), written as per-program partial sums that are reduced
 in a fixed order, so two runs give bit-identical results.
@@ -22,6 +25,15 @@ float16 and bfloat16, all accumulated in float32.
 Attention dropout is not in the kernels: with ``attn_drop > 0`` :func:`na2d_triton` runs the
 tiled implementation instead. The rpb reaches the kernels in float32 whatever its dtype (the
 model's is a float32 parameter; its gradient comes back in the rpb's dtype).
+
+A forward+backward is four Triton launches (bias table, forward, dq/d(rpb)/delta, dk/dv) and
+one torch op (zeroing d(rpb) for the atomics, or reducing the deterministic partial sums). They
+run as two operators, ``dinat_na2d::triton_forward`` and ``dinat_na2d::triton_backward``,
+registered with ``torch.library.triton_op`` (torch >= 2.6): torch.compile traces the kernels
+into its graphs (checked on CPU with fake tensors; ``scripts/gpu_ab_launch_settings.py``
+compiles with ``fullgraph=True`` on a GPU), and CUDA graphs can capture them (no host
+synchronisation; the self-check waits for an eager call). torch 2.5 has no ``triton_op``:
+there they are ``custom_op`` operators, which compiled graphs call as opaque nodes.
 
 Block sizes, warps and pipelining stages are chosen per compiled variant (:func:`kernel_config`)
 so that none spills registers on sm_80 or sm_90; ``python -m
@@ -41,12 +53,14 @@ import re
 import warnings
 from functools import lru_cache
 from types import ModuleType
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.autograd.function import once_differentiable
 
 from ._checks import IntOrPair, NA2DArgs, check_na2d_args
+from .library import NAMESPACE
 from .tiled import run_tiled
 
 __all__ = ['KernelConfig', 'kernel_config', 'na2d_triton', 'run_triton',
@@ -65,10 +79,11 @@ MIN_TRITON = (3, 6)
 
 class KernelConfig(NamedTuple):
     """Launch parameters of one compiled variant: warps, software-pipelining stages, the
-    register limit per thread and the block constexprs (key or query blocks per axis)."""
+    register limit per thread and the constexprs (key or query blocks per axis, whether
+    interior tiles read the bias table)."""
     num_warps: int
     num_stages: int
-    constants: Dict[str, int]
+    constants: Dict[str, Union[int, bool]]
     # ptxas otherwise caps some float32 variants at 128 registers per thread (aiming at two
     # blocks per SM) and spills; 8 warps x 255 registers fit an SM's 64K.
     maxnreg: int = 255
@@ -79,28 +94,35 @@ _DTYPE_NAMES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'b
 
 def kernel_config(kernel: str, dtype: str, precision: str, block_d: int, has_rpb: bool,
                   rpb_size: int = 0) -> KernelConfig:
-    """The launch parameters of a compiled variant (``kernel``: 'fwd', 'bwd_query' or
-    'bwd_key'; ``dtype``: 'fp32', 'fp16' or 'bf16'), chosen so that no variant spills
-    registers on sm_80 or sm_90 (``python -m dinat_backbone.analysis.kernel_static``)."""
+    """The launch parameters of a compiled variant (``kernel``: 'fwd', 'bwd_query',
+    'bwd_key' or 'rpb_tiles'; ``dtype``: 'fp32', 'fp16' or 'bf16'), chosen so that no variant
+    spills registers on sm_80 or sm_90 (``python -m dinat_backbone.analysis.kernel_static``)."""
+    if kernel == 'rpb_tiles':  # one row of the bias table per program: no matmuls
+        return KernelConfig(4, 1, {})
     blocks = ('QUERIES_Y', 'QUERIES_X') if kernel == 'bwd_key' else ('KEYS_Y', 'KEYS_X')
     # Measured with ptxas for sm_80 and sm_90 (kernel_static): 8x8 key blocks (64-wide
     # matmuls) where they fit in the registers; float32 holds twice the bytes per block and
     # computes 'ieee' matmuls on CUDA cores, and the d(rpb) one-hot sums add [table, keys]
     # blocks, so those take 4x4 blocks and one pipelining stage (each stage holds a block
-    # in flight); the dk/dv kernel, with two accumulators, and head dims over 32 take 4x8.
+    # in flight); the dk/dv kernel, with two accumulators, and head dims over 32 take 4x8
+    # or 8x4. Exceptions, measured: TF32 at head dim 64 spills at one stage.
+    tf32_d64 = dtype == 'fp32' and precision == 'tf32' and block_d > 32
     if dtype == 'fp32':
-        # One exception, measured: the TF32 dk/dv kernel at head dim 64 spills at one stage.
-        tf32_key_d64 = kernel == 'bwd_key' and precision == 'tf32' and block_d > 32
-        block, stages = (4, 4), (2 if tf32_key_d64 else 1)
+        block, stages = (4, 4), (3 if tf32_d64 and kernel == 'fwd'
+                                 else 2 if tf32_d64 and kernel == 'bwd_key' else 1)
     elif kernel == 'bwd_query' and has_rpb:
         block, stages = (4, 4), 1
-    elif kernel == 'bwd_key' and has_rpb and block_d > 32:
-        block, stages = (4, 4), 2  # 4x8 spills on sm_80
+    elif kernel == 'bwd_key' and has_rpb:
+        block, stages = ((4, 4), 2) if block_d > 32 else ((8, 4), 3)  # 4x8 spills on sm_80
     elif kernel == 'bwd_key' or block_d > 32:
         block, stages = (4, 8), 3
     else:
         block, stages = (TILE, TILE), 3
-    return KernelConfig(8, stages, dict(zip(blocks, block)))
+    # BIAS_TABLE: interior tiles read the bias table, in a second copy of the loop. The TF32
+    # backward kernels at head dim 64 spill with that copy at every block size, stage count
+    # and warp count tried, so they keep the general loop.
+    bias_table = has_rpb and not (tf32_d64 and kernel != 'fwd')
+    return KernelConfig(8, stages, dict(zip(blocks, block), BIAS_TABLE=bias_table))
 
 
 @lru_cache(maxsize=None)
@@ -206,26 +228,66 @@ def _grid(query: torch.Tensor, dilation: Tuple[int, int]) -> Tuple[int, int]:
     return tiles[0] * tiles[1], batch * heads
 
 
+# torch >= 2.6; torch 2.5 has neither (see _define_op).
+_triton_op = getattr(torch.library, 'triton_op', None)
+_wrap_triton = getattr(torch.library, 'wrap_triton', None)
+
+
+def _launch(kernel: Any, grid: Tuple[int, ...]) -> Callable:
+    """``kernel[grid]``, through ``torch.library.wrap_triton`` where torch has it, so that
+    torch.compile records the launch. On torch 2.5 the operators' fake implementations are
+    the same functions run on fake tensors, for the outputs' shapes: there nothing is
+    launched."""
+    if _wrap_triton is not None:
+        return _wrap_triton(kernel)[grid]
+
+    def launch(*args: Any, **kwargs: Any) -> None:
+        if not any(isinstance(arg, FakeTensor) for arg in args):
+            kernel[grid](*args, **kwargs)
+
+    return launch
+
+
+def _interior_bias(kernels: ModuleType, rpb: torch.Tensor,
+                   kernel: Tuple[int, int]) -> torch.Tensor:
+    """The interior tiles' bias table ``[heads, TILE * TILE, halo_y, halo_x]`` (float32, base
+    2, ``-inf`` outside the windows) of a float32 rpb; the halo is ``TILE + k - 1`` per axis,
+    padded to a multiple of 8."""
+    halo = [8 * _cdiv(TILE + k - 1, 8) for k in kernel]
+    bias = torch.empty(rpb.shape[0], TILE * TILE, *halo, dtype=torch.float32,
+                       device=rpb.device)
+    config = kernel_config('rpb_tiles', 'fp32', 'ieee', 0, True)
+    _launch(kernels._rpb_tiles_kernel, (TILE * TILE, rpb.shape[0]))(
+        rpb, bias, kernel[0], kernel[1], TILE_Y=TILE, TILE_X=TILE,
+        BLOCK=_next_power_of_2(halo[0] * halo[1]), num_warps=config.num_warps,
+        num_stages=config.num_stages, maxnreg=config.maxnreg)
+    return bias
+
+
 def _forward(kernels: ModuleType, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-             rpb: Optional[torch.Tensor], kernel: Tuple[int, int], dilation: Tuple[int, int],
-             scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Output and base-2 logsumexp ``[B, H, W, heads]`` of contiguous inputs."""
+             rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], kernel: Tuple[int, int],
+             dilation: Tuple[int, int], scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Output and base-2 logsumexp ``[B, H, W, heads]`` of contiguous inputs (``bias``: the
+    rpb's :func:`_interior_bias`)."""
     out = torch.empty_like(query)
     lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device)
-    kernels._na2d_fwd_kernel[_grid(query, dilation)](
-        query, key, value, _first_tensor(rpb, query), out, lse,
+    _launch(kernels._na2d_fwd_kernel, _grid(query, dilation))(
+        query, key, value, _first_tensor(rpb, query), _first_tensor(bias, lse), out, lse,
         HAS_RPB=rpb is not None, TILE_Y=TILE, TILE_X=TILE,
         **_launch_config('fwd', query, kernel, dilation, scale, rpb is not None))
     return out, lse
 
 
 def _backward_query(kernels: ModuleType, query: torch.Tensor, key: torch.Tensor,
-                    value: torch.Tensor, rpb: Optional[torch.Tensor], grad_out: torch.Tensor,
+                    value: torch.Tensor, rpb: Optional[torch.Tensor],
+                    bias: Optional[torch.Tensor], grad_out: torch.Tensor,
                     lse: torch.Tensor, delta: torch.Tensor, kernel: Tuple[int, int],
-                    dilation: Tuple[int, int], scale: float, deterministic: bool
+                    dilation: Tuple[int, int], scale: float, out: torch.Tensor,
+                    deterministic: bool
                     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """dq, d(rpb) (float32, None without rpb) and, when ``deterministic``, the per-program
-    partial sums it was reduced from (``[batch * heads, tiles, RY, RX]``, padded)."""
+    partial sums it was reduced from (``[batch * heads, tiles, RY, RX]``, padded). Fills
+    ``delta`` (``[B, H, W, heads]`` float32) with ``rowsum(grad_out * out)``."""
     grad_query = torch.empty_like(query)
     grid = _grid(query, dilation)
     rpb_y, rpb_x = rpb_table_size(kernel, query)
@@ -235,67 +297,108 @@ def _backward_query(kernels: ModuleType, query: torch.Tensor, key: torch.Tensor,
                                device=query.device)
     elif rpb is not None:
         grad_rpb = torch.zeros(rpb.shape, dtype=torch.float32, device=query.device)
-    kernels._na2d_bwd_query_kernel[grid](
-        query, key, value, _first_tensor(rpb, query), grad_out, lse, delta, grad_query,
+    _launch(kernels._na2d_bwd_query_kernel, grid)(
+        query, key, value, _first_tensor(rpb, query), _first_tensor(bias, lse), out, grad_out,
+        lse, delta, grad_query,
         _first_tensor(partials, grad_rpb, lse), scale=scale, HAS_RPB=rpb is not None,
         DETERMINISTIC=deterministic, RPB_Y=rpb_y, RPB_X=rpb_x, TILE_Y=TILE, TILE_X=TILE,
         **_launch_config('bwd_query', query, kernel, dilation, scale, rpb is not None,
                          max(rpb_y, rpb_x) if rpb is not None else 0))
     if partials is not None:
         heads = query.shape[3]
-        # A fixed-order reduction: torch's sum is deterministic for a given shape.
-        grad_rpb = partials.view(-1, heads, *partials.shape[1:]).sum((0, 2))
-        grad_rpb = grad_rpb[:, :2 * kernel[0] - 1, :2 * kernel[1] - 1]
+        # A fixed-order reduction: torch's sum is deterministic for a given shape. Summing
+        # the unpadded part gives a contiguous gradient (autograd would copy a strided one).
+        grad_rpb = partials.view(-1, heads, *partials.shape[1:])[
+            ..., :2 * kernel[0] - 1, :2 * kernel[1] - 1].sum((0, 2))
     return grad_query, grad_rpb, partials
 
 
 def _backward_key(kernels: ModuleType, query: torch.Tensor, key: torch.Tensor,
-                  value: torch.Tensor, rpb: Optional[torch.Tensor], grad_out: torch.Tensor,
+                  value: torch.Tensor, rpb: Optional[torch.Tensor],
+                  bias: Optional[torch.Tensor], grad_out: torch.Tensor,
                   lse: torch.Tensor, delta: torch.Tensor, kernel: Tuple[int, int],
                   dilation: Tuple[int, int], scale: float
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """dk and dv."""
+    """dk and dv (``delta`` as :func:`_backward_query` filled it)."""
     grad_key, grad_value = torch.empty_like(key), torch.empty_like(value)
-    kernels._na2d_bwd_key_kernel[_grid(query, dilation)](
-        query, key, value, _first_tensor(rpb, query), grad_out, lse, delta, grad_key,
+    _launch(kernels._na2d_bwd_key_kernel, _grid(query, dilation))(
+        query, key, value, _first_tensor(rpb, query), _first_tensor(bias, lse), grad_out, lse,
+        delta, grad_key,
         grad_value, scale=scale, HAS_RPB=rpb is not None, TILE_Y=TILE, TILE_X=TILE,
         **_launch_config('bwd_key', query, kernel, dilation, scale, rpb is not None))
     return grad_key, grad_value
 
 
-class _NA2DTriton(torch.autograd.Function):
-    """Fused forward; the backward recomputes the probabilities from the logsumexp."""
+def _forward_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                rpb: Optional[torch.Tensor], kernel: List[int], dilation: List[int],
+                scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``dinat_na2d::triton_forward``: output, base-2 logsumexp and the interior bias table
+    (empty without rpb) of contiguous inputs and a contiguous float32 rpb."""
+    kernels = triton_kernels()
+    kernel, dilation = tuple(kernel), tuple(dilation)
+    bias = None if rpb is None else _interior_bias(kernels, rpb, kernel)
+    out, lse = _forward(kernels, query, key, value, rpb, bias, kernel, dilation, scale)
+    return out, lse, lse.new_empty(0) if bias is None else bias
 
-    @staticmethod
-    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                rpb: Optional[torch.Tensor], kernel: Tuple[int, int],
-                dilation: Tuple[int, int], scale: float) -> torch.Tensor:
-        kernels = triton_kernels()
-        query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
-        # The kernels read the rpb in float32 (a table of heads * (2k-1)^2 values, converted
-        # once here): 16-bit bias loads inside the kernels cost registers and spilled.
-        rpb_f32 = None if rpb is None else rpb.to(torch.float32).contiguous()
-        out, lse = _forward(kernels, query, key, value, rpb_f32, kernel, dilation, scale)
-        ctx.save_for_backward(query, key, value, rpb_f32, out, lse)
-        ctx.config = kernel, dilation, scale
-        ctx.rpb_dtype = None if rpb is None else rpb.dtype
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
-        kernels = triton_kernels()
-        query, key, value, rpb, out, lse = ctx.saved_tensors
-        kernel, dilation, scale = ctx.config
-        grad_out = grad_out.contiguous()
-        delta = (grad_out.float() * out.float()).sum(-1)
-        args = (kernels, query, key, value, rpb, grad_out, lse, delta, kernel, dilation, scale)
-        grad_query, grad_rpb, _ = _backward_query(
-            *args, deterministic=torch.are_deterministic_algorithms_enabled())
-        grad_key, grad_value = _backward_key(*args)
-        if grad_rpb is not None:
-            grad_rpb = grad_rpb.to(ctx.rpb_dtype)
-        return grad_query, grad_key, grad_value, grad_rpb, None, None, None
+def _backward_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 rpb: Optional[torch.Tensor], bias: Optional[torch.Tensor], out: torch.Tensor,
+                 lse: torch.Tensor, grad_out: torch.Tensor, kernel: List[int],
+                 dilation: List[int], scale: float, deterministic: bool
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``dinat_na2d::triton_backward``: dq, dk, dv and d(rpb) (float32; empty without rpb),
+    probabilities recomputed from the logsumexp."""
+    kernels = triton_kernels()
+    kernel, dilation = tuple(kernel), tuple(dilation)
+    delta = torch.empty_like(lse)
+    args = (kernels, query, key, value, rpb, bias, grad_out, lse, delta, kernel, dilation,
+            scale)
+    grad_query, grad_rpb, _ = _backward_query(*args, out=out, deterministic=deterministic)
+    grad_key, grad_value = _backward_key(*args)
+    return (grad_query, grad_key, grad_value,
+            lse.new_empty(0) if grad_rpb is None else grad_rpb)
+
+
+def _define_op(name: str, fn: Callable) -> Callable:
+    """``fn`` as the operator ``dinat_na2d::<name>``: with ``torch.library.triton_op`` (torch
+    >= 2.6), whose kernels torch.compile traces into its graphs (Inductor schedules them;
+    CUDA graphs capture them); with ``custom_op`` on torch 2.5, an opaque operator in compiled
+    graphs, whose fake implementation is ``fn`` itself launching nothing (see
+    :func:`_launch`)."""
+    if _triton_op is not None:
+        return _triton_op(f'{NAMESPACE}::{name}', fn, mutates_args=())
+    op = torch.library.custom_op(f'{NAMESPACE}::{name}', fn, mutates_args=())
+    op.register_fake(fn)
+    return op
+
+
+_triton_forward = _define_op('triton_forward', _forward_op)
+_triton_backward = _define_op('triton_backward', _backward_op)
+
+
+def _save_for_backward(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[torch.Tensor, ...]
+                       ) -> None:
+    query, key, value, rpb, kernel, dilation, scale = inputs
+    out, lse, bias = output
+    ctx.save_for_backward(query, key, value, rpb, None if rpb is None else bias, out, lse)
+    ctx.config = kernel, dilation, scale
+    # Only the output has a gradient: autograd would otherwise fill zeros for the others.
+    ctx.mark_non_differentiable(lse, bias)
+    ctx.set_materialize_grads(False)
+
+
+@once_differentiable  # the backward operator has no derivative of its own
+def _triton_forward_backward(ctx: Any, grad_out: torch.Tensor, *unused: Any
+                             ) -> Tuple[Optional[torch.Tensor], ...]:
+    query, key, value, rpb, bias, out, lse = ctx.saved_tensors
+    grad_query, grad_key, grad_value, grad_rpb = _triton_backward(
+        query, key, value, rpb, bias, out, lse, grad_out.contiguous(), *ctx.config,
+        torch.are_deterministic_algorithms_enabled())
+    return (grad_query, grad_key, grad_value, None if rpb is None else grad_rpb,
+            None, None, None)
+
+
+_triton_forward.register_autograd(_triton_forward_backward, setup_context=_save_for_backward)
 
 
 # The self-check (see run_triton): per compiled variant, None while unchecked, then whether
@@ -341,10 +444,12 @@ def _self_check(query: torch.Tensor, rpb: Optional[torch.Tensor], kernel: Tuple[
                 tolerance: float) -> Optional[str]:
     """Run the kernels on a small problem of the call's variant (dtype, head dim, rpb and its
     table size, deterministic mode) and compare the output and the four gradients with the
-    tiled implementation in float32. Dilation (2, 1) on a 36 x 19 map: three tiles per axis
-    and group (interior and border tiles), shifted border windows. Returns what differs."""
+    tiled implementation in float32. Dilation (2, 1), groups of ``L = 8 * ceil(k / 8) + 8 + k``
+    per axis: the tile at ``8 * ceil(k / 8)`` is interior for every kernel (the bias table),
+    the tiles around it are border tiles with shifted windows. Returns what differs."""
     gen = torch.Generator(device=query.device).manual_seed(0)
-    shape = (1, 36, 19, 1, query.shape[-1])
+    length = [TILE * _cdiv(k, TILE) + TILE + k for k in kernel]
+    shape = (1, 2 * length[0], length[1], 1, query.shape[-1])
     inputs = [torch.randn(shape, generator=gen, device=query.device).to(query.dtype)
               for _ in range(3)]
     grad = torch.randn(shape, generator=gen, device=query.device).to(query.dtype)
@@ -369,7 +474,13 @@ def _self_check(query: torch.Tensor, rpb: Optional[torch.Tensor], kernel: Tuple[
 
 def _run_kernels(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, args: NA2DArgs,
                  rpb: Optional[torch.Tensor], attn_drop: float = 0.0) -> torch.Tensor:
-    return _NA2DTriton.apply(query, key, value, rpb, args.kernel, args.dilation, args.scale)
+    # The kernels read the rpb in float32 (a table of heads * (2k-1)^2 values, converted once
+    # here; autograd converts its gradient back): 16-bit bias loads inside the kernels cost
+    # registers and spilled.
+    out, _, _ = _triton_forward(query.contiguous(), key.contiguous(), value.contiguous(),
+                                None if rpb is None else rpb.to(torch.float32).contiguous(),
+                                list(args.kernel), list(args.dilation), args.scale)
+    return out
 
 
 def run_triton(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, args: NA2DArgs,
