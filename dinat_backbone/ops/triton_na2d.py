@@ -47,6 +47,7 @@ On CPU tensors the kernels run under Triton's interpreter, which must be enabled
 kernels are defined); that is how the test suite checks them without a GPU. The interpreter
 cannot run bfloat16 matmuls correctly, nor reveal races.
 """
+import importlib.util
 import math
 import os
 import re
@@ -228,8 +229,18 @@ def _grid(query: torch.Tensor, dilation: Tuple[int, int]) -> Tuple[int, int]:
     return tiles[0] * tiles[1], batch * heads
 
 
-# torch >= 2.6; torch 2.5 has neither (see _define_op).
-_triton_op = getattr(torch.library, 'triton_op', None)
+def _triton_installed() -> bool:
+    """Whether the triton package is there, without importing it."""
+    try:
+        return importlib.util.find_spec('triton') is not None
+    except ValueError:  # sys.modules['triton'] is None: importing it fails
+        return False
+
+
+# torch >= 2.6; torch 2.5 has neither (see _define_op). Without Triton the kernels never run
+# (run_triton refuses first), and triton_op, which looks for the kernels, would log that Triton
+# is missing at import.
+_triton_op = getattr(torch.library, 'triton_op', None) if _triton_installed() else None
 _wrap_triton = getattr(torch.library, 'wrap_triton', None)
 
 
@@ -361,10 +372,9 @@ def _backward_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
 def _define_op(name: str, fn: Callable) -> Callable:
     """``fn`` as the operator ``dinat_na2d::<name>``: with ``torch.library.triton_op`` (torch
-    >= 2.6), whose kernels torch.compile traces into its graphs (Inductor schedules them;
-    CUDA graphs capture them); with ``custom_op`` on torch 2.5, an opaque operator in compiled
-    graphs, whose fake implementation is ``fn`` itself launching nothing (see
-    :func:`_launch`)."""
+    >= 2.6), whose kernels torch.compile traces into its graphs (Inductor schedules them);
+    with ``custom_op`` on torch 2.5 (or without Triton), an opaque operator in compiled graphs,
+    whose fake implementation is ``fn`` itself launching nothing (see :func:`_launch`)."""
     if _triton_op is not None:
         return _triton_op(f'{NAMESPACE}::{name}', fn, mutates_args=())
     op = torch.library.custom_op(f'{NAMESPACE}::{name}', fn, mutates_args=())
