@@ -1,6 +1,6 @@
 """Triton kernels of fused 2-D (dilated) neighbourhood attention with relative positional bias.
 
-Imported only by :mod:`.triton_na2d` (which holds the launchers, the autograd function and the
+Imported only by :mod:`.triton_na2d` (which holds the launchers, the operators and the
 documentation), and only when Triton is installed. ``TRITON_INTERPRET=1`` must be set before
 this module is imported for the kernels to run on CPU tensors under Triton's interpreter.
 
@@ -15,8 +15,8 @@ with ``s(p) = clamp(p - k // 2, 0, Lg - k)``, and the rpb index of key ``n`` is
 Interior tiles, whose windows are all unshifted, add the rpb from a per-head bias table built
 once per forward (:func:`_rpb_tiles_kernel`): the bias of each query of a tile against each key
 of its halo, masked windows included, read as dense rows with no per-logit index arithmetic.
-The key-major kernel reads it with both orders reversed (see :func:`_interior_bias`). Tiles
-at the group borders keep the general path (:func:`_masked_logits`).
+The key-major kernel reads it with both orders reversed (see :func:`_na2d_bwd_key_kernel`).
+Tiles at the group borders keep the general path (:func:`_masked_logits`).
 """
 import triton
 import triton.language as tl
@@ -202,6 +202,16 @@ def _query_interior(first_y, first_x, len_y, len_x, KERNEL_Y, KERNEL_X,
     windows (``s(p) = p - k // 2``) on both axes."""
     return ((first_y >= KERNEL_Y // 2) & (first_y + TILE_Y + KERNEL_Y // 2 <= len_y)
             & (first_x >= KERNEL_X // 2) & (first_x + TILE_X + KERNEL_X // 2 <= len_x))
+
+
+@triton.jit
+def _key_interior(first_y, first_x, len_y, len_x, KERNEL_Y, KERNEL_X,
+                  TILE_Y: tl.constexpr, TILE_X: tl.constexpr):
+    """Whether a key tile is interior: every query that sees one of its keys has a centred
+    window (those queries are ``first - k // 2 .. first + TILE + k // 2 - 1``, see
+    :func:`_queries`), on both axes."""
+    return ((first_y >= KERNEL_Y) & (first_y + TILE_Y + KERNEL_Y <= len_y)
+            & (first_x >= KERNEL_X) & (first_x + TILE_X + KERNEL_X <= len_x))
 
 
 @triton.jit
@@ -419,11 +429,11 @@ def _na2d_bwd_key_kernel(Q, K, V, RPB, BIAS, DOUT, LSE, DELTA, DK, DV,
     """dk and dv, key-major: a TILE_Y x TILE_X tile of keys loops over the queries that can
     attend to it (see :func:`_queries`), each masked by recomputing its own window.
 
-    An interior key tile is one whose keys only queries with centred windows see: those
-    queries are the halo of a tile of the same size, so the bias table serves here too, read
-    with the key and query orders reversed (the bias of key ``a`` against query ``h`` of that
-    halo is the bias of query ``TILE - 1 - a`` against key ``TILE + k - 2 - h``, per axis: the
-    same offset with its sign flipped)."""
+    On an interior key tile (:func:`_key_interior`) the queries that see it are the halo of a
+    tile of the same size, so the bias table serves here too, read with the key and query
+    orders reversed (the bias of key ``a`` against query ``h`` of that halo is the bias of query
+    ``TILE - 1 - a`` against key ``TILE + k - 2 - h``, per axis: the same offset with its sign
+    flipped)."""
     gy, gx, len_y, len_x, batch, head, first_y, first_x, ny, nx, k_ok, k_rows = _tile(
         H, W, HEADS, DIL_Y, DIL_X, TILE_Y, TILE_X)
     d = tl.arange(0, BLOCK_D)
@@ -434,8 +444,7 @@ def _na2d_bwd_key_kernel(Q, K, V, RPB, BIAS, DOUT, LSE, DELTA, DK, DV,
             len_x, first_y, first_x, d, d_ok, H, W, HEADS, HEAD_DIM, KERNEL_Y, KERNEL_X, DIL_Y,
             DIL_X, qk_scale)
     if BIAS_TABLE:
-        if ((first_y >= KERNEL_Y) & (first_y + TILE_Y + KERNEL_Y <= len_y)
-                & (first_x >= KERNEL_X) & (first_x + TILE_X + KERNEL_X <= len_x)):
+        if _key_interior(first_y, first_x, len_y, len_x, KERNEL_Y, KERNEL_X, TILE_Y, TILE_X):
             dk, dv = _key_gradients(*args, HAS_RPB, True, PRECISION, BLOCK_D, TILE_Y, TILE_X,
                                     QUERIES_Y, QUERIES_X)
         else:
