@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -351,6 +352,33 @@ def test_a_second_training_in_the_work_dir_is_refused(make_config, support_dir, 
     # the lock of the finished (or a killed) run is no obstacle
     log = train(config, work_dir, support_dir, resume=True)
     assert resumed_iter(log) == 4
+
+
+TAKE_LOCK = """
+import sys
+from dinat_backbone.engine.checkpoint_hook import WorkDirInUseError, lock_directory
+try:
+    lock_directory(sys.argv[1])
+except WorkDirInUseError as error:
+    print(error)
+"""
+
+
+@pytest.mark.skipif(os.name != 'posix', reason='the lock is POSIX only')
+def test_a_process_takes_over_the_lock_of_its_own_earlier_training(tmp_path):
+    """A training that raised keeps its lock open (its runner lives on in the traceback): the
+    same process's next training there takes it over; another process is still refused."""
+    earlier = checkpoint_hook.lock_directory(str(tmp_path))  # never released
+    lock = checkpoint_hook.lock_directory(str(tmp_path))
+    try:
+        assert earlier.closed and not lock.closed
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        result = subprocess.run([sys.executable, '-c', TAKE_LOCK, str(tmp_path)], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f'is in use by another training (pid {os.getpid()} on ' in result.stdout
+    finally:
+        lock.close()
 
 
 @pytest.mark.slow

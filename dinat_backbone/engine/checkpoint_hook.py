@@ -33,7 +33,7 @@ import time
 import uuid
 import zipfile
 from pathlib import Path
-from typing import IO, Any, Callable, List, Optional, Tuple, Union
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from mmengine.dist import is_main_process
@@ -78,14 +78,24 @@ def _mib(size: int) -> str:
     return f'{size / 2**20:.1f} MiB'
 
 
+# The locks this process took, by directory. A training that raises never reaches after_train,
+# and its runner, kept by the traceback, keeps the lock open; the process's next training
+# there (a notebook's retry, a sweep) takes it over instead of being refused by itself.
+_taken: Dict[str, IO[str]] = {}
+
+
 def lock_directory(directory: str) -> IO[str]:
     """Take the training lock of ``directory``; keep the returned file open while training.
 
-    Raises :class:`WorkDirInUseError`, naming the holder, if a live process holds it.
+    Raises :class:`WorkDirInUseError`, naming the holder, if another live process holds it. A
+    lock this process still holds from an earlier training is released and taken again.
     """
     import fcntl  # POSIX; the lock is skipped on Windows (see CrashSafeCheckpointHook)
 
     os.makedirs(directory, exist_ok=True)
+    earlier = _taken.pop(osp.realpath(directory), None)
+    if earlier is not None:
+        earlier.close()  # flock: another open file of the same process would be refused
     lock = open(osp.join(directory, LOCK_NAME), 'a+')
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -102,6 +112,7 @@ def lock_directory(directory: str) -> IO[str]:
     lock.write(f'pid {os.getpid()} on {socket.gethostname()}, '
                f'since {time.strftime("%Y-%m-%d %H:%M:%S")}\n')
     lock.flush()
+    _taken[osp.realpath(directory)] = lock
     return lock
 
 
@@ -209,7 +220,8 @@ class CrashSafeCheckpointHook(CheckpointHook):
     * partial files left by a killed run are removed when training starts;
     * while training, the main process holds the lock of the work and checkpoint directories
       (:func:`lock_directory`; POSIX only): a second training there stops at once (evaluations
-      with ``tools/test.py`` do not take it);
+      with ``tools/test.py`` do not take it; the same process's next training, after one that
+      raised, takes it over);
     * ``--resume`` without a path takes the newest complete checkpoint of the directory (highest
       step of ``filename_tmpl``; ``best_*`` and ``.part`` files never) when ``last_checkpoint``
       is missing, names an incomplete file or an older step;
