@@ -137,47 +137,53 @@ class _Refused(Exception):
     """Raised inside the unpickler (torch would rewrap a pickle.UnpicklingError)."""
 
 
-class _PendingDType:
-    """Stands in for ``numpy.dtype`` while unpickling; :meth:`resolve` builds the real one."""
+class _Pending:
+    """Stands in for a numpy object while unpickling: the file gives its arguments, then its
+    state once; :meth:`resolve` builds the real object after the file is read, with numpy's
+    own (checking) constructors."""
+    what = ''  # for messages
 
-    def __new__(cls, *args: Any) -> '_PendingDType':
+    def __new__(cls, *args: Any) -> '_Pending':
         pending = super().__new__(cls)
-        pending.args, pending.state, pending.dtype, pending.resolving = args, None, None, False
+        pending.args, pending.state, pending.value, pending.resolving = args, None, None, False
         return pending
 
     def __setstate__(self, state: Any) -> None:
-        if self.state is not None or self.dtype is not None:
-            raise _Refused('a numpy dtype is given its state twice')
+        if self.state is not None or self.value is not None:
+            raise _Refused(f'a numpy {self.what} is given its state twice')
         self.state = state
 
     def resolve(self) -> Any:
-        if self.dtype is None:
+        if self.value is None:
             if self.resolving:
-                raise _Refused('a numpy dtype contains itself')
+                raise _Refused(f'a numpy {self.what} contains itself')
             self.resolving = True
-            self.dtype = _build_dtype(self.args, self.state)
-        return self.dtype
+            self.value = self._build()
+        return self.value
+
+    def _build(self) -> Any:
+        raise NotImplementedError
 
 
-class _PendingArray:
-    """Stands in for ``numpy.ndarray`` while unpickling; :meth:`resolve` builds the real one."""
+class _PendingDType(_Pending):
+    """``numpy.dtype``."""
+    what = 'dtype'
+
+    def _build(self) -> Any:
+        return _build_dtype(self.args, self.state)
+
+
+class _PendingArray(_Pending):
+    """``numpy.ndarray``, made empty by ``_reconstruct`` and filled by its state."""
+    what = 'array'
 
     def __new__(cls, *args: Any) -> '_PendingArray':
         if args:
             raise _Refused('numpy.ndarray is called directly (numpy pickles use _reconstruct)')
-        pending = super().__new__(cls)
-        pending.state, pending.array = None, None
-        return pending
+        return super().__new__(cls)
 
-    def __setstate__(self, state: Any) -> None:
-        if self.state is not None or self.array is not None:
-            raise _Refused('a numpy array is given its state twice')
-        self.state = state
-
-    def resolve(self) -> Any:
-        if self.array is None:
-            self.array = _build_array(self.state)
-        return self.array
+    def _build(self) -> Any:
+        return _build_array(self.state)
 
 
 def _numpy_reconstruct(subtype: Any, *args: Any) -> _PendingArray:
@@ -313,7 +319,7 @@ def _finish(root: Any) -> Any:
     done: Dict[int, Any] = {}
 
     def finish(obj: Any) -> Any:
-        if isinstance(obj, (_PendingDType, _PendingArray)):
+        if isinstance(obj, _Pending):
             return obj.resolve()
         if type(obj) in (str, bytes, int, float, bool, type(None)) or id(obj) in done:
             return done.get(id(obj), obj)
