@@ -47,6 +47,14 @@ def array(dtype_: Reduce, shape: tuple, data) -> Reduce:
                   (1, shape, dtype_, False, data))
 
 
+def self_containing_dtype() -> Reduce:
+    """A structured dtype whose sub-array's dtype is itself (the pickle's memo makes the
+    cycle)."""
+    outer = Reduce(np.dtype, ('V16', False, True))
+    outer.reduced += ((3, '|', (outer, (2, )), None, None, 16, 1, 0), )
+    return outer
+
+
 def save(path: Path, value) -> Path:
     torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': value}, path)
     return path
@@ -85,6 +93,8 @@ HOSTILE: Dict[str, Callable[[Path], Path]] = {
     'sub-array-of-objects': lambda p: save(p, array(
         dtype('V16', (3, '|', (dtype('O8'), (2, )), None, None, 16, 1, 0)), (1, ),
         b'\x01' * 16)),
+    'dtype-containing-itself': lambda p: save(p, array(self_containing_dtype(), (1, ),
+                                                       b'\x01' * 16)),
     'object-scalar': lambda p: save(p, Reduce(multiarray.scalar, (dtype('O8'), b'\x01' * 8))),
     'object-dtype-class': lambda p: save(p, Reduce(np.dtypes.ObjectDType, ())),
     'field-outside-the-item': lambda p: save(p, array(

@@ -260,6 +260,7 @@ HOSTILE_FILES = [
         "numpy dtype 'f8' is marked as holding Python objects (flags 63)"),
     row('structured-object-field', 'UnsafeCheckpointError', NUMPY_OBJECTS),
     row('sub-array-of-objects', 'UnsafeCheckpointError', NUMPY_OBJECTS),
+    row('dtype-containing-itself', 'UnsafeCheckpointError', 'a numpy dtype contains itself'),
     row('object-scalar', 'UnsafeCheckpointError', NUMPY_OBJECTS),
     row('object-dtype-class', 'UnsafeCheckpointError', 'it needs numpy.dtypes.ObjectDType'),
     row('field-outside-the-item', 'UnsafeCheckpointError',
