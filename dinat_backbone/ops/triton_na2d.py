@@ -106,7 +106,8 @@ def kernel_config(kernel: str, dtype: str, precision: str, block_d: int, has_rpb
     # computes 'ieee' matmuls on CUDA cores, and the d(rpb) one-hot sums add [table, keys]
     # blocks, so those take 4x4 blocks and one pipelining stage (each stage holds a block
     # in flight); the dk/dv kernel, with two accumulators, and head dims over 32 take 4x8
-    # or 8x4. Exceptions, measured: TF32 at head dim 64 spills at one stage.
+    # or 8x4. Exceptions, measured: at head dim 64 the TF32 forward and dk/dv kernels spill at
+    # one stage.
     tf32_d64 = dtype == 'fp32' and precision == 'tf32' and block_d > 32
     if dtype == 'fp32':
         block, stages = (4, 4), (3 if tf32_d64 and kernel == 'fwd'
