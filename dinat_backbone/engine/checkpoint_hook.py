@@ -317,7 +317,7 @@ class CrashSafeCheckpointHook(CheckpointHook):
         A save writes the new file beside the one it replaces or rotates out; with
         ``save_best`` a new best (weights only) is also written beside the previous best.
         """
-        weights = sum(t.numel() * t.element_size() for t in runner.model.state_dict().values())
+        weights = _tensor_bytes(runner.model.state_dict())
         optimizer = _tensor_bytes(runner.optim_wrapper.state_dict())
         # A fresh optimizer has no state yet: assume AdamW's two moments per weight (our configs)
         size = weights + (optimizer if optimizer else 2 * weights)

@@ -15,7 +15,6 @@ Example:
 import os.path as osp
 from dataclasses import dataclass
 from typing import Dict, List, Optional
-from urllib.parse import urlparse
 
 __all__ = ['PretrainedCheckpoint', 'TaskCheckpoint', 'IMAGENET_CHECKPOINTS', 'TASK_CHECKPOINTS',
            'get_pretrained', 'get_checkpoint_url', 'get_hf_url', 'resolve_checkpoint',
@@ -266,7 +265,7 @@ def fetch_checkpoint(name_or_path: str) -> str:
         return download_checkpoint(url)
     except DownloadError as error:
         named = url if url == name_or_path else f'{name_or_path!r} ({url})'
-        file_name = osp.basename(urlparse(url).path) or 'checkpoint.pth'
+        file_name = osp.basename(error.path)  # the cache's name for it
         raise ConnectionError(
             f'Cannot download {named}: {error.reason}. Nothing was cached. Without network '
             f'access, fetch that URL elsewhere and put the file at {error.path}, or give the '
